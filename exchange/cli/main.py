@@ -1,0 +1,63 @@
+"""The ``exchange`` console script: one Typer app, sub-commands grouped by concept.
+
+Errors from the exception family are printed to stderr as one sentence and mapped
+to the exit codes of DESIGN.md section 8; a Python traceback is shown only for a
+real bug (exit 1).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from exchange.cli.output import print_error
+from exchange.errors import ExchangeError
+
+app = typer.Typer(
+    name="exchange",
+    help="Secure message exchange: PKI, envelopes, hub, nodes, statistics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Imported here so that each group module stays independent of the others.
+    from exchange.cli import envelope, pki
+
+    app.add_typer(pki.app, name="pki")
+    app.add_typer(envelope.app, name="envelope")
+    try:
+        from exchange.cli import bench
+    except ImportError:  # pragma: no cover - bench module lands with the benchmark
+        return
+    app.add_typer(bench.app, name="bench")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.exceptions.Abort:
+        print_error("aborted")
+        return 1
+    except click.ClickException as usage:
+        usage.show()
+        return 2
+    except ExchangeError as error:
+        print_error(str(error), code=error.code)
+        return error.exit_code
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
