@@ -147,3 +147,21 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, ExchangeError):
         return error.exit_code
     return 1
+
+
+class DecryptionFailed(EnvelopeError):
+    """A key wrap or the body ciphertext does not decrypt with the recipient's key."""
+
+    code = "ENV-DECRYPT"
+
+
+class SuiteTooWeak(EnvelopeError):
+    """The envelope's suite is weaker than a recipient or the policy requires."""
+
+    code = "CR-SUITE-TOO-WEAK"
+
+
+class ForwardWeakened(EnvelopeError):
+    """A forward that drops handling codes, lowers the classification or alters the content."""
+
+    code = "FWD-WEAKENED"

@@ -26,14 +26,12 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that each group module stays independent of the others.
-    from exchange.cli import envelope, pki
+    from exchange.cli import bench, db, envelope, hub, pki
 
     app.add_typer(pki.app, name="pki")
     app.add_typer(envelope.app, name="envelope")
-    try:
-        from exchange.cli import bench
-    except ImportError:  # pragma: no cover - bench module lands with the benchmark
-        return
+    app.add_typer(hub.app, name="hub")
+    app.add_typer(db.app, name="db")
     app.add_typer(bench.app, name="bench")
 
 

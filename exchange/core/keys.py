@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
@@ -26,7 +26,7 @@ PublicKey = SigningPublicKey | KemPublicKey
 PrivateKey = SigningPrivateKey | KemPrivateKey
 
 
-class KeyAlgorithm(str, Enum):
+class KeyAlgorithm(StrEnum):
     """Algorithms of the unit keys the CA certifies (beside the TLS key)."""
 
     ED25519 = "ed25519"  # signature, classic
@@ -78,6 +78,9 @@ class CertifiedKey:
     serial: int
     not_before: datetime
     not_after: datetime
+    #: the suites the CA certified this key for (a certificate extension); a key is
+    #: never used in a suite its certificate does not list
+    suites: frozenset[str] = frozenset({"classic-2026", "hybrid-pq-2026"})
 
     def valid_at(self, now: datetime) -> bool:
         return self.not_before <= now <= self.not_after
@@ -127,13 +130,16 @@ class Directory:
             raise UnknownSigner(f"{unit} is not in the directory")
         raise UnknownSigner(f"{unit} has no certified key {wanted_key_id}")
 
-    def current(self, unit: str, algorithm: KeyAlgorithm, now: datetime) -> CertifiedKey | None:
-        """The newest valid, unrevoked key of ``unit`` for ``algorithm``, if any."""
+    def current(
+        self, unit: str, algorithm: KeyAlgorithm, now: datetime, suite: str | None = None
+    ) -> CertifiedKey | None:
+        """The newest valid, unrevoked key of ``unit`` for ``algorithm`` (and ``suite``)."""
         for cert in self.keys.get(unit, ()):
             if (
                 cert.algorithm is algorithm
                 and cert.serial not in self.revocations
                 and cert.valid_at(now)
+                and (suite is None or suite in cert.suites)
             ):
                 return cert
         return None
@@ -152,11 +158,14 @@ class Keyring:
     def get(self, wanted_key_id: str) -> PrivateKey | None:
         return self.private_keys.get(wanted_key_id)
 
-    def newest(self, algorithm: KeyAlgorithm, directory: Directory, now: datetime) -> PrivateKey:
+    def newest(
+        self, algorithm: KeyAlgorithm, directory: Directory, now: datetime, suite: str | None = None
+    ) -> PrivateKey:
         """The private key matching the directory's current certified key for ``algorithm``."""
-        cert = directory.current(self.unit, algorithm, now)
+        cert = directory.current(self.unit, algorithm, now, suite)
         if cert is None or cert.key_id not in self.private_keys:
             raise UnknownSigner(
-                f"{self.unit} has no valid certified {algorithm.value} key with its private half here"
+                f"{self.unit} has no valid certified {algorithm.value} key "
+                "whose private half is held here"
             )
         return self.private_keys[cert.key_id]

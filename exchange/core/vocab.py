@@ -7,10 +7,10 @@ categories and evaluation codes.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class _Vocabulary(str, Enum):
+class _Vocabulary(StrEnum):
     """A closed set whose members serialise as their value."""
 
     def __str__(self) -> str:

@@ -1,0 +1,455 @@
+"""The hub's gRPC shell: mutual TLS, one interceptor, the servicer, health, reflection.
+
+The caller's unit comes from its TLS client certificate only (checked against the
+CA, the CRL and the clock by :class:`~exchange.pki.tls.PeerVerifier`). One
+interceptor maps the exception family to gRPC status codes and binds a request id
+and the caller to the log context; the servicer methods only translate between
+protobuf and :class:`~exchange.hub.service.HubService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from exchange.core.clock import Clock, SystemClock
+from exchange.core.evidence import HUB_UNIT, EvidenceSigner
+from exchange.core.keys import Directory, key_id
+from exchange.core.policy import Policy, load_policy
+from exchange.core.suites import suites_supported
+from exchange.errors import (
+    BadSignature,
+    CertificateExpired,
+    CertificateRevoked,
+    DecryptionFailed,
+    DigestMismatch,
+    EnvelopeError,
+    ExchangeError,
+    HeaderBodyMismatch,
+    InputError,
+    MalformedEnvelope,
+    SuiteError,
+    SuiteTooWeak,
+    UnknownSigner,
+)
+from exchange.hub.errors import (
+    CallerRevoked,
+    EnvelopeTooLarge,
+    ForwardRefused,
+    NotAuthenticated,
+    ReplayConflict,
+    SenderMismatch,
+    UnknownDelivery,
+)
+from exchange.hub.service import HubService
+from exchange.logs import get_logger
+from exchange.pki import load_directory, load_hub_keyring
+from exchange.pki.errors import UnsuitableCertificate, UntrustedCertificate
+from exchange.pki.layout import PkiLayout
+from exchange.pki.tls import PeerVerifier, load_tls_material
+from exchange.store.database import make_engine, upgrade
+from exchange.wire.v1 import exchange_pb2 as pb
+from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
+
+log = get_logger("exchange.hub.server")
+
+#: the unit authenticated for the current call (set by the interceptor)
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
+
+#: exception kind -> gRPC status, most specific first (one table, one place)
+STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (EnvelopeTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ReplayConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (SenderMismatch, grpc.StatusCode.PERMISSION_DENIED),
+    (CallerRevoked, grpc.StatusCode.PERMISSION_DENIED),
+    (CertificateRevoked, grpc.StatusCode.PERMISSION_DENIED),
+    (CertificateExpired, grpc.StatusCode.PERMISSION_DENIED),
+    (UnsuitableCertificate, grpc.StatusCode.PERMISSION_DENIED),
+    (ForwardRefused, grpc.StatusCode.PERMISSION_DENIED),
+    (NotAuthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (UntrustedCertificate, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownSigner, grpc.StatusCode.UNAUTHENTICATED),
+    (SuiteTooWeak, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnknownDelivery, grpc.StatusCode.FAILED_PRECONDITION),
+    (MalformedEnvelope, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadSignature, grpc.StatusCode.INVALID_ARGUMENT),
+    (DigestMismatch, grpc.StatusCode.INVALID_ARGUMENT),
+    (HeaderBodyMismatch, grpc.StatusCode.INVALID_ARGUMENT),
+    (DecryptionFailed, grpc.StatusCode.INVALID_ARGUMENT),
+    (SuiteError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (EnvelopeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ExchangeError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+#: trailing metadata key carrying the stable error code (rule or check id)
+ERROR_CODE_KEY = "exchange-error-code"
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    """The gRPC status for an error of the family (INTERNAL for anything else)."""
+    for kind, status in STATUS_FOR:
+        if isinstance(error, kind):
+            return status
+    return grpc.StatusCode.INTERNAL
+
+
+class CallerIdentity:
+    """Maps a call's TLS peer certificate to its unit, caching the CA signature check."""
+
+    def __init__(self, verifier: PeerVerifier, clock: Clock) -> None:
+        self.verifier = verifier
+        self.clock = clock
+        self._known: dict[bytes, tuple[str, x509.Certificate]] = {}
+
+    def unit(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            raise NotAuthenticated("the call carries no TLS client certificate")
+        pem = pems[0]
+        now = self.clock.now()
+        known = self._known.get(pem)
+        try:
+            if known is None:
+                certificate = x509.load_pem_x509_certificate(pem)
+                unit = self.verifier.check(certificate, now)
+                self._known[pem] = (unit, certificate)
+                return unit
+            unit, certificate = known
+            # the CA signature was checked once; validity and revocation every call
+            return self.verifier.check(certificate, now) if self._stale(certificate) else unit
+        except (CertificateRevoked, CertificateExpired, UnsuitableCertificate) as error:
+            raise CallerRevoked(error.message) from None
+
+    def _stale(self, certificate: x509.Certificate) -> bool:
+        now = self.clock.now()
+        return (
+            certificate.serial_number in self.verifier.revocations
+            or not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc
+        )
+
+
+class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates Hub calls, binds log context, maps errors to status codes."""
+
+    def __init__(self, identity: CallerIdentity) -> None:
+        self.identity = identity
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or not method.startswith("/exchange.v1.Hub/"):
+            return handler
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await self._enter(method, context)
+                try:
+                    return await inner(request, context)
+                except ExchangeError as error:
+                    await self._abort(context, error)
+                except Exception:
+                    log.exception("unexpected failure", method=method)
+                    raise
+                finally:
+                    structlog.contextvars.clear_contextvars()
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await self._enter(method, context)
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except ExchangeError as error:
+                    await self._abort(context, error)
+                finally:
+                    structlog.contextvars.clear_contextvars()
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _enter(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        request_id = uuid.uuid4().hex[:16]
+        name = method.rsplit("/", maxsplit=1)[-1]
+        structlog.contextvars.bind_contextvars(request_id=request_id, method=name)
+        try:
+            caller = self.identity.unit(context)
+        except ExchangeError as error:
+            await self._abort(context, error)
+        CALLER.set(caller)
+        structlog.contextvars.bind_contextvars(caller=caller)
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ExchangeError) -> None:
+        status = status_for(error)
+        log.info("call refused", code=error.code, status=status.name, reason=error.message)
+        context.set_trailing_metadata(((ERROR_CODE_KEY, error.code),))
+        await context.abort(status, f"[{error.code}] {error.message}")
+
+
+class HubServicer(pb_grpc.HubServicer):
+    """Protobuf in, protobuf out; everything else is HubService."""
+
+    def __init__(
+        self, service: HubService, directory_message: pb.SignedDirectory, stopping: asyncio.Event
+    ) -> None:
+        self.service = service
+        self.directory_message = directory_message
+        self.stopping = stopping
+        self.poll_seconds = 1.0
+
+    async def Submit(
+        self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SubmitResponse:
+        evidence = await self.service.submit(CALLER.get(), request.envelope)
+        return pb.SubmitResponse(evidence=evidence)
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.Delivery]:
+        caller = CALLER.get()
+        cursor = request.cursor
+        wake = self.service.subscribe(caller)
+        log.info("subscribed", cursor=cursor)
+        try:
+            while not self.stopping.is_set():
+                wake.clear()
+                pending = await self.service.pending(caller, cursor)
+                for item in pending:
+                    yield pb.Delivery(
+                        sequence=item.sequence,
+                        envelope=item.envelope,
+                        accepted=pb.Evidence.FromString(item.accepted),
+                        on_behalf_of=item.addressee if item.addressee != caller else "",
+                    )
+                    cursor = item.sequence
+                if not pending:
+                    stop = asyncio.ensure_future(self.stopping.wait())
+                    woken = asyncio.ensure_future(wake.wait())
+                    _done, waiting = await asyncio.wait(
+                        {stop, woken},
+                        timeout=self.poll_seconds,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    for task in waiting:
+                        task.cancel()
+        finally:
+            self.service.unsubscribe(caller, wake)
+
+    async def Acknowledge(
+        self, request: pb.AcknowledgeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AcknowledgeResponse:
+        evidence = await self.service.acknowledge(
+            CALLER.get(),
+            message_id=request.message_id,
+            sequence=request.sequence,
+            read=request.read,
+            on_behalf_of=request.on_behalf_of,
+        )
+        return pb.AcknowledgeResponse(evidence=evidence)
+
+    async def Forward(
+        self, request: pb.ForwardRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ForwardResponse:
+        evidence = await self.service.forward(CALLER.get(), request.envelope)
+        return pb.ForwardResponse(evidence=evidence)
+
+    async def GetDirectory(
+        self, request: pb.GetDirectoryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SignedDirectory:
+        return self.directory_message
+
+
+def directory_message(
+    policy: Policy, directory: Directory, certs: Path, signer: EvidenceSigner, clock: Clock
+) -> pb.SignedDirectory:
+    """The hub-signed directory: units, status, channels, clearance, suites, certificates."""
+    der_by_key_id: dict[str, bytes] = {}
+    layout = PkiLayout(certs)
+    for path in sorted(layout.root.rglob("*.crt")):
+        try:
+            certificate = x509.load_pem_x509_certificate(path.read_bytes())
+            der_by_key_id[key_id(certificate.public_key())] = certificate.public_bytes(  # type: ignore[arg-type]
+                serialization.Encoding.DER
+            )
+        except (ValueError, TypeError, AttributeError):
+            continue  # TLS and CA certificates (ECDSA) carry no unit key: skip them
+    now = clock.now()
+    units = []
+    for unit in policy.registry:
+        units.append(
+            pb.DirectoryUnit(
+                id=unit.id,
+                name=unit.name,
+                status=pb.PartnerStatus.Value(f"PARTNER_STATUS_{unit.status.name}"),
+                channels=[pb.Channel.Value(f"CHANNEL_{c.name}") for c in sorted(unit.channels)],
+                clearance=pb.Classification.Value(f"CLASSIFICATION_{unit.clearance.name}"),
+                relay=unit.relay or "",
+                suites=[s.id for s in suites_supported(directory, unit.id, now)],
+                keys=[
+                    pb.CertifiedKey(
+                        algorithm=k.algorithm.value,
+                        key_id=k.key_id,
+                        certificate_der=der_by_key_id.get(k.key_id, b""),
+                    )
+                    for k in directory.keys.get(unit.id, ())
+                ],
+            )
+        )
+    crl = layout.crl.read_bytes() if layout.crl.exists() else b""
+    body = pb.Directory(
+        units=units,
+        crl_der=x509.load_pem_x509_crl(crl).public_bytes(serialization.Encoding.DER)
+        if crl
+        else b"",
+        ca_certificate_der=x509.load_pem_x509_certificate(layout.ca_cert.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        ),
+        issued_at_us=int(now.timestamp() * 1_000_000),
+    ).SerializeToString(deterministic=True)
+    evidence = signer.sign(body, now)
+    return pb.SignedDirectory(directory=body, signatures=list(evidence.signatures))
+
+
+@dataclass
+class HubConfig:
+    """What `exchange hub serve` needs."""
+
+    listen: str
+    certs: Path
+    db_url: str
+    policies: Path
+    clock: Clock
+    grace_seconds: float = 10.0
+
+
+@dataclass
+class RunningHub:
+    """A started hub: its server, service and the port it listens on."""
+
+    server: grpc.aio.Server
+    service: HubService
+    port: int
+    stopping: asyncio.Event
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Drain: refuse new calls, end streams, finish in-flight submits, stop the writer."""
+        self.stopping.set()
+        await self.server.stop(grace)
+        await asyncio.to_thread(self.service.stop)
+
+
+async def start_hub(config: HubConfig) -> RunningHub:
+    """Build everything from files and start serving (returns once the port is bound)."""
+    policy = load_policy(config.policies)
+    directory = load_directory(config.certs)
+    keyring = load_hub_keyring(config.certs)
+    signer = EvidenceSigner(keyring=keyring, directory=directory)
+    engine = make_engine(config.db_url)
+    await asyncio.to_thread(upgrade, engine)
+    service = HubService(
+        engine=engine, policy=policy, directory=directory, signer=signer, clock=config.clock
+    )
+    layout = PkiLayout(config.certs)
+    verifier = PeerVerifier(
+        x509.load_pem_x509_certificate(layout.ca_cert.read_bytes()),
+        x509.load_pem_x509_crl(layout.crl.read_bytes()),
+    )
+    tls = load_tls_material(config.certs, HUB_UNIT)
+    limit = policy.max_envelope_bytes + 1024 * 1024
+    server = grpc.aio.server(
+        interceptors=[ExchangeInterceptor(CallerIdentity(verifier, config.clock))],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_concurrent_streams", 4096),
+        ],
+    )
+    stopping = asyncio.Event()
+    pb_grpc.add_HubServicer_to_server(
+        HubServicer(
+            service,
+            directory_message(policy, directory, config.certs, signer, config.clock),
+            stopping,
+        ),
+        server,
+    )
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("exchange.v1.Hub", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            pb.DESCRIPTOR.services_by_name["Hub"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(tls.private_key_pem, tls.certificate_chain_pem)],
+        root_certificates=tls.root_ca_pem,
+        require_client_auth=True,
+    )
+    port = server.add_secure_port(config.listen, credentials)
+    if port == 0:
+        raise InputError(f"cannot listen on {config.listen}")
+    service.start()
+    await server.start()
+    log.info("hub serving", listen=config.listen, port=port, policy_hash=policy.hash[:16])
+    return RunningHub(server=server, service=service, port=port, stopping=stopping)
+
+
+async def serve(config: HubConfig, *, ready: Callable[[int], None] | None = None) -> None:
+    """Run the hub until SIGTERM or SIGINT, then drain and return (exit 0)."""
+    hub = await start_hub(config)
+    if ready is not None:
+        ready(hub.port)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, done.set)
+    await done.wait()
+    log.info("hub draining", grace_seconds=config.grace_seconds)
+    await hub.stop(config.grace_seconds)
+    log.info("hub stopped")
+
+
+def default_clock() -> Clock:
+    return SystemClock()

@@ -1,0 +1,1 @@
+"""Storage: SQLModel tables, the database engine, migrations and the hub's store."""

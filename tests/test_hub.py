@@ -1,0 +1,318 @@
+"""The hub over real gRPC with mutual TLS, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import func, select
+
+from exchange.core.body import Body
+from exchange.core.envelope import SealedEnvelope, open_envelope, seal
+from exchange.core.evidence import EvidenceKind, verify_evidence
+from exchange.core.header import Header
+from exchange.core.suites import CLASSIC
+from exchange.hub.background import BackgroundHub
+from exchange.hub.server import HubConfig
+from exchange.core.clock import SystemClock
+from exchange.pki import init_pki, load_directory, load_keyring, load_tls_material, revoke_subject
+from exchange.store.database import make_engine
+from exchange.store.tables import DeliveryRow, LogEntryRow, MessageRow
+from exchange.wire.v1 import exchange_pb2 as pb
+from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
+
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+TIMEOUT = 15
+
+
+def header_json(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": f"msg-{uuid.uuid4().hex[:12]}",
+        "kind": "REQUEST",
+        "sender": "AL.CTD",
+        "to": ["EU.EUROPOL"],
+        "cc": [],
+        "channel": "CT",
+        "crime_area": "terrorism",
+        "purpose": "cross_checking",
+        "priority": "normal",
+        "case": None,
+        "in_reply_to": None,
+        "classification": "RESTREINT_UE",
+        "handling": {
+            "codes": ["H0"],
+            "h3": {"no_third_party": False, "only_units": [], "use_until": None, "text": ""},
+        },
+        "evaluation": None,
+        "subjects": {
+            "individuals": [],
+            "legal_entities": 0,
+            "special_categories": [],
+            "justification": "",
+        },
+    }
+    base.update(overrides)
+    return base
+
+
+def body(text: str = "Checks requested.") -> Body:
+    return Body.from_json({"text": text}, base_dir=Path("."), source="test body")
+
+
+@dataclass
+class Hub:
+    certs: Path
+    port: int
+    db_url: str
+
+    def channel(self, unit: str, certs: Path | None = None) -> grpc.Channel:
+        tls = load_tls_material(certs or self.certs, unit)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.root_ca_pem,
+            private_key=tls.private_key_pem,
+            certificate_chain=tls.certificate_chain_pem,
+        )
+        return grpc.secure_channel(
+            f"127.0.0.1:{self.port}",
+            credentials,
+            options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+        )
+
+    def stub(self, unit: str, certs: Path | None = None) -> pb_grpc.HubStub:
+        return pb_grpc.HubStub(self.channel(unit, certs))
+
+    def seal(self, sender: str, header: dict[str, Any], text: str = "Checks requested.") -> SealedEnvelope:
+        directory = load_directory(self.certs)
+        return seal(
+            Header.from_json(header),
+            body(text),
+            keyring=load_keyring(self.certs, sender),
+            directory=directory,
+            now=datetime.now(UTC),
+        )
+
+    def rows(self, table: Any) -> int:
+        engine = make_engine(self.db_url)
+        with engine.connect() as db:
+            return int(db.execute(select(func.count()).select_from(table.__table__)).scalar_one())
+
+
+def run_hub(certs: Path, db_url: str, policies: Path = POLICIES) -> BackgroundHub:
+    hub = BackgroundHub(
+        HubConfig(
+            listen="127.0.0.1:0", certs=certs, db_url=db_url, policies=policies, clock=SystemClock()
+        )
+    )
+    hub.start()
+    return hub
+
+
+@pytest.fixture
+def hub(dev_pki: Path, db_url: str) -> Iterator[Hub]:
+    running = run_hub(dev_pki, db_url)
+    try:
+        yield Hub(dev_pki, running.port, db_url)
+    finally:
+        running.stop()
+
+
+def test_accepted_message_is_delivered_and_acknowledged(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json())
+    sender = hub.stub("AL.CTD")
+    evidence = sender.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
+    directory = load_directory(hub.certs)
+    accepted = verify_evidence(evidence, directory, datetime.now(UTC))
+    assert accepted.kind is EvidenceKind.ACCEPTED
+    assert accepted.envelope_digest == envelope.digest
+
+    receiver = hub.stub("EU.EUROPOL")
+    stream = receiver.Subscribe(pb.SubscribeRequest(cursor=0), timeout=TIMEOUT)
+    delivery = next(iter(stream))
+    stream.cancel()
+    assert delivery.envelope == envelope.raw
+    opened = open_envelope(
+        SealedEnvelope.from_bytes(delivery.envelope),
+        keyring=load_keyring(hub.certs, "EU.EUROPOL"),
+        directory=directory,
+        now=datetime.now(UTC),
+    )
+    assert opened.body.text == "Checks requested."
+    ack = receiver.Acknowledge(
+        pb.AcknowledgeRequest(message_id=envelope.message_id, sequence=delivery.sequence),
+        timeout=TIMEOUT,
+    ).evidence
+    assert verify_evidence(ack, directory, datetime.now(UTC)).kind is EvidenceKind.DELIVERED
+    # acknowledged: a new subscription has nothing pending for this message
+    again = receiver.Subscribe(pb.SubscribeRequest(cursor=0), timeout=2)
+    with pytest.raises(grpc.RpcError) as waited:
+        next(iter(again))
+    assert waited.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert hub.rows(LogEntryRow) == 2  # accepted, delivered
+
+
+def test_unacknowledged_delivery_comes_again_after_reconnect(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json())
+    hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+    for _ in range(2):
+        stream = hub.stub("EU.EUROPOL").Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
+        assert next(iter(stream)).envelope == envelope.raw
+        stream.cancel()
+
+
+def test_replayed_message_is_accepted_once(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json())
+    stub = hub.stub("AL.CTD")
+    first = stub.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
+    second = stub.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
+    assert first == second
+    assert hub.rows(MessageRow) == 1
+    assert hub.rows(DeliveryRow) == 1
+
+
+def test_same_id_with_other_content_is_a_replay_conflict(hub: Hub) -> None:
+    header = header_json()
+    stub = hub.stub("AL.CTD")
+    stub.Submit(pb.SubmitRequest(envelope=hub.seal("AL.CTD", header).raw), timeout=TIMEOUT)
+    other = hub.seal("AL.CTD", header, text="different content")
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Submit(pb.SubmitRequest(envelope=other.raw), timeout=TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert "REPLAY-CONFLICT" in refused.value.details()
+    assert hub.rows(MessageRow) == 1
+
+
+def test_forged_sender_is_refused(hub: Hub) -> None:
+    forged = hub.seal("RS.CTU", header_json(sender="RS.CTU"))
+    with pytest.raises(grpc.RpcError) as refused:
+        hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=forged.raw), timeout=TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "AUTH-SENDER-MISMATCH" in refused.value.details()
+    assert hub.rows(MessageRow) == 0
+
+
+def test_random_bytes_are_invalid_and_the_hub_keeps_serving(hub: Hub) -> None:
+    stub = hub.stub("AL.CTD")
+    for size in (0, 1, 17, 4096):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Submit(pb.SubmitRequest(envelope=os.urandom(size)), timeout=TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    good = hub.seal("AL.CTD", header_json())
+    assert stub.Submit(pb.SubmitRequest(envelope=good.raw), timeout=TIMEOUT).evidence.statement
+    assert hub.rows(MessageRow) == 1
+    assert hub.rows(LogEntryRow) == 1
+
+
+def test_policy_refusal_names_rule_recipient_and_reason(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json(to=["ME.ARO"]))  # ME.ARO is not on CT
+    evidence = hub.stub("AL.CTD").Submit(
+        pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT
+    ).evidence
+    refused = verify_evidence(evidence, load_directory(hub.certs), datetime.now(UTC))
+    assert refused.kind is EvidenceKind.REFUSED
+    assert [(v.rule, v.recipient) for v in refused.violations] == [("CH-NOT-MEMBER", "ME.ARO")]
+    assert "CT" in refused.violations[0].reason
+    assert hub.rows(MessageRow) == 0
+    assert hub.rows(DeliveryRow) == 0
+    assert hub.rows(LogEntryRow) == 1  # the refusal is logged
+
+
+def test_confidential_message_sealed_classic_is_refused(hub: Hub) -> None:
+    header = Header.from_json(header_json(classification="CONFIDENTIEL_UE"))
+    envelope = seal(
+        header,
+        body(),
+        keyring=load_keyring(hub.certs, "AL.CTD"),
+        directory=load_directory(hub.certs),
+        now=datetime.now(UTC),
+        suite=CLASSIC,
+    )
+    evidence = hub.stub("AL.CTD").Submit(
+        pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT
+    ).evidence
+    refused = verify_evidence(evidence, load_directory(hub.certs), datetime.now(UTC))
+    assert [v.rule for v in refused.violations] == ["CR-SUITE-TOO-WEAK"]
+
+
+def test_health_checking_and_reflection_are_served(hub: Hub) -> None:
+    channel = hub.channel("AL.CTD")
+    status = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="exchange.v1.Hub"), timeout=TIMEOUT
+    )
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT
+    )
+    names = {s.name for s in next(iter(responses)).list_services_response.service}
+    assert "exchange.v1.Hub" in names
+
+
+def test_directory_is_signed_by_the_hub(hub: Hub) -> None:
+    signed = hub.stub("AL.CTD").GetDirectory(pb.GetDirectoryRequest(), timeout=TIMEOUT)
+    evidence = pb.Evidence(statement=signed.directory, signatures=signed.signatures)
+    directory_keys = load_directory(hub.certs)
+    from exchange.core.suites import verify_signature
+    from exchange.core.evidence import SIGNED_PREFIX
+
+    key = directory_keys.key("HUB", evidence.signatures[0].key_id, datetime.now(UTC))
+    assert verify_signature(key.public_key, evidence.signatures[0].value, SIGNED_PREFIX + signed.directory)  # type: ignore[arg-type]
+    listing = pb.Directory.FromString(signed.directory)
+    units = {u.id: u for u in listing.units}
+    assert units["XK.KP"].relay == "EU.EULEX"
+    assert "hybrid-pq-2026" in units["AL.CTD"].suites
+    assert all(k.certificate_der for k in units["AL.CTD"].keys)
+
+
+def test_foreign_ca_certificate_is_refused_at_the_handshake(
+    hub: Hub, tmp_path: Path
+) -> None:
+    foreign = tmp_path / "foreign"
+    init_pki(foreign, ["AL.CTD"])
+    stub = hub.stub("AL.CTD", certs=foreign)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GetDirectory(pb.GetDirectoryRequest(), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_revoked_unit_gets_permission_denied(dev_pki: Path, tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    shutil.copytree(dev_pki, certs)
+    revoke_subject(certs, "RS.CTU", reason="certificate lost")
+    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    running = run_hub(certs, db_url)
+    try:
+        hub = Hub(certs, running.port, db_url)
+        with pytest.raises(grpc.RpcError) as refused:
+            hub.stub("RS.CTU").GetDirectory(pb.GetDirectoryRequest(), timeout=TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "certificate lost" in refused.value.details()
+    finally:
+        running.stop()
+
+
+def test_oversized_message_is_resource_exhausted(dev_pki: Path, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    (policies / "policy.yaml").write_text("limits:\n  max_envelope_bytes: 20000\n")
+    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    running = run_hub(dev_pki, db_url, policies)
+    try:
+        hub = Hub(dev_pki, running.port, db_url)
+        big = hub.seal("AL.CTD", header_json(), text="x" * 50_000)
+        with pytest.raises(grpc.RpcError) as refused:
+            hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=big.raw), timeout=TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert hub.rows(MessageRow) == 0
+    finally:
+        running.stop()
