@@ -316,3 +316,10 @@ def test_oversized_message_is_resource_exhausted(dev_pki: Path, tmp_path: Path) 
         assert hub.rows(MessageRow) == 0
     finally:
         running.stop()
+
+
+def test_relayed_unit_cannot_connect_directly(hub: Hub) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        hub.stub("XK.KP").GetDirectory(pb.GetDirectoryRequest(), timeout=TIMEOUT)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "EU.EULEX" in refused.value.details()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer.exceptions import Abort, Exit, TyperException
 
 from exchange.cli.output import print_error
 from exchange.errors import ExchangeError
@@ -42,13 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as done:
+    except Exit as done:
         return done.exit_code
-    except click.exceptions.Abort:
+    except Abort:
         print_error("aborted")
         return 1
-    except click.ClickException as usage:
-        usage.show()
+    except TyperException as usage:  # usage errors: unknown option, missing argument, ...
+        show = getattr(usage, "show", None)
+        if callable(show):
+            show()
+        else:
+            print_error(usage.format_message())
         return 2
     except ExchangeError as error:
         print_error(str(error), code=error.code)

@@ -77,19 +77,17 @@ def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _lp(data: bytes) -> bytes:
-    """Length-prefixed bytes, so concatenations cannot be re-split differently."""
-    return struct.pack(">I", len(data)) + data
-
-
 def key_wraps_digest(wraps: Iterable[pb.KeyWrap]) -> bytes:
-    """SHA-256 over every wrap's recipient, key id and sealed key, length-prefixed."""
-    h = hashlib.sha256()
+    """SHA-256 over every wrap's recipient, key id and sealed key, each length-prefixed
+
+    (so the concatenation cannot be re-split differently)."""
+    parts = []
     for wrap in wraps:
-        h.update(_lp(wrap.recipient.encode()))
-        h.update(_lp(wrap.key_id.encode()))
-        h.update(_lp(wrap.sealed_key))
-    return h.digest()
+        recipient, key_id = wrap.recipient.encode(), wrap.key_id.encode()
+        parts.append(struct.pack(">I", len(recipient)) + recipient)
+        parts.append(struct.pack(">I", len(key_id)) + key_id)
+        parts.append(struct.pack(">I", len(wrap.sealed_key)) + wrap.sealed_key)
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def body_digest(salt: bytes, body_bytes: bytes) -> bytes:

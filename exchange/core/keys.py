@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from enum import StrEnum
 
@@ -121,11 +122,16 @@ class Directory:
             )
         return cert
 
+    @cached_property
+    def _by_id(self) -> dict[tuple[str, str], CertifiedKey]:
+        # built once per directory: verification looks keys up on the hot path
+        return {(cert.unit, cert.key_id): cert for certs in self.keys.values() for cert in certs}
+
     def key(self, unit: str, wanted_key_id: str, now: datetime) -> CertifiedKey:
         """The certified key ``wanted_key_id`` of ``unit``, valid and unrevoked at ``now``."""
-        for cert in self.keys.get(unit, ()):
-            if cert.key_id == wanted_key_id:
-                return self._check(cert, now)
+        cert = self._by_id.get((unit, wanted_key_id))
+        if cert is not None:
+            return self._check(cert, now)
         if unit not in self.keys:
             raise UnknownSigner(f"{unit} is not in the directory")
         raise UnknownSigner(f"{unit} has no certified key {wanted_key_id}")

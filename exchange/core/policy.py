@@ -78,7 +78,8 @@ class PolicyContext:
 class Rule(Protocol):
     """A policy rule: a stable id and a pure evaluation."""
 
-    id: str
+    @property
+    def id(self) -> str: ...
 
     def evaluate(self, header: Header, context: PolicyContext) -> list[Violation]: ...
 

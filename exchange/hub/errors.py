@@ -56,3 +56,9 @@ class ForwardRefused(HubError):
         super().__init__(message)
         if code:
             self.code = code
+
+
+class NotAvailable(HubError):
+    """An RPC of the wire contract that this version of the hub does not serve yet."""
+
+    code = "NOT-AVAILABLE"

@@ -30,7 +30,9 @@ from exchange.core.clock import Clock, SystemClock
 from exchange.core.evidence import HUB_UNIT, EvidenceSigner
 from exchange.core.keys import Directory, key_id
 from exchange.core.policy import Policy, load_policy
+from exchange.core.registry import Registry
 from exchange.core.suites import suites_supported
+from exchange.core.vocab import PartnerStatus
 from exchange.errors import (
     BadSignature,
     CertificateExpired,
@@ -51,6 +53,7 @@ from exchange.hub.errors import (
     EnvelopeTooLarge,
     ForwardRefused,
     NotAuthenticated,
+    NotAvailable,
     ReplayConflict,
     SenderMismatch,
     UnknownDelivery,
@@ -73,6 +76,7 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
 #: exception kind -> gRPC status, most specific first (one table, one place)
 STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (EnvelopeTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotAvailable, grpc.StatusCode.UNIMPLEMENTED),
     (ReplayConflict, grpc.StatusCode.ALREADY_EXISTS),
     (SenderMismatch, grpc.StatusCode.PERMISSION_DENIED),
     (CallerRevoked, grpc.StatusCode.PERMISSION_DENIED),
@@ -111,13 +115,24 @@ def status_for(error: BaseException) -> grpc.StatusCode:
 class CallerIdentity:
     """Maps a call's TLS peer certificate to its unit, caching the CA signature check."""
 
-    def __init__(self, verifier: PeerVerifier, clock: Clock) -> None:
+    def __init__(self, verifier: PeerVerifier, clock: Clock, registry: Registry) -> None:
         self.verifier = verifier
         self.clock = clock
+        self.registry = registry
         self._known: dict[bytes, tuple[str, x509.Certificate]] = {}
 
     def unit(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        pems = context.auth_context().get("x509_pem_cert")
+        """The caller's unit; a relayed unit has no connection of its own."""
+        unit = self._certified_unit(context)
+        entry = self.registry.get(unit)
+        if entry is not None and entry.status is PartnerStatus.RELAYED:
+            raise CallerRevoked(
+                f"{unit} has no direct connection: its exchanges go through {entry.relay}"
+            )
+        return unit
+
+    def _certified_unit(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        pems = list(context.auth_context().get("x509_pem_cert", ()))
         if not pems:
             raise NotAuthenticated("the call carries no TLS client certificate")
         pem = pems[0]
@@ -143,7 +158,7 @@ class CallerIdentity:
         )
 
 
-class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ExchangeInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates Hub calls, binds log context, maps errors to status codes."""
 
     def __init__(self, identity: CallerIdentity) -> None:
@@ -151,9 +166,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         handler = await continuation(details)
         method = details.method
         if handler is None or not method.startswith("/exchange.v1.Hub/"):
@@ -291,6 +306,27 @@ class HubServicer(pb_grpc.HubServicer):
     ) -> pb.SignedDirectory:
         return self.directory_message
 
+    # Parts of the wire contract that later versions serve; until then the caller is
+    # told so plainly (UNIMPLEMENTED), never given an empty answer.
+
+    async def RequestPermission(self, request: Any, context: Any) -> Any:
+        raise NotAvailable("permission requests through the hub are not served yet")
+
+    async def GrantPermission(self, request: Any, context: Any) -> Any:
+        raise NotAvailable("permission grants through the hub are not served yet")
+
+    async def GetStatistics(self, request: Any, context: Any) -> Any:
+        raise NotAvailable("statistics are not served by this hub yet")
+
+    async def GetTreeHead(self, request: Any, context: Any) -> Any:
+        raise NotAvailable("signed tree heads are not served by this hub yet")
+
+    async def GetInclusionProof(self, request: Any, context: Any) -> Any:
+        raise NotAvailable("inclusion proofs are not served by this hub yet")
+
+    async def GetConsistencyProof(self, request: Any, context: Any) -> Any:
+        raise NotAvailable("consistency proofs are not served by this hub yet")
+
 
 def directory_message(
     policy: Policy, directory: Directory, certs: Path, signer: EvidenceSigner, clock: Clock
@@ -390,7 +426,9 @@ async def start_hub(config: HubConfig) -> RunningHub:
     tls = load_tls_material(config.certs, HUB_UNIT)
     limit = policy.max_envelope_bytes + 1024 * 1024
     server = grpc.aio.server(
-        interceptors=[ExchangeInterceptor(CallerIdentity(verifier, config.clock))],
+        interceptors=[
+            ExchangeInterceptor(CallerIdentity(verifier, config.clock, policy.registry))
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from typing import cast
 from datetime import datetime
 from functools import partial
 
@@ -36,14 +37,11 @@ from exchange.hub.errors import (
 )
 from exchange.hub.writer import Batch, GroupCommitWriter
 from exchange.logs import get_logger
-from exchange.store.tables import DeliveryRow, EvidenceRow, MessageRow
+from exchange.store.tables import DELIVERIES, EVIDENCES, MESSAGES
 from exchange.wire.v1 import exchange_pb2 as pb
 
 log = get_logger("exchange.hub")
 
-MESSAGES = MessageRow.__table__  # type: ignore[attr-defined]
-DELIVERIES = DeliveryRow.__table__  # type: ignore[attr-defined]
-EVIDENCES = EvidenceRow.__table__  # type: ignore[attr-defined]
 
 
 def micros(clock: Clock) -> int:
@@ -164,7 +162,7 @@ class HubService:
             raise ReplayConflict(
                 f"message id {envelope.message_id} was already accepted with other content"
             )
-        return evidence
+        return cast(pb.Evidence | None, evidence)
 
     def _accept(
         self,

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, Table, func, insert, select
 
 from exchange.core.log_entry import LogEntry
 from exchange.logs import get_logger
-from exchange.store.tables import LogEntryRow
+from exchange.store.tables import LOG_ENTRIES
 
 T = TypeVar("T")
 log = get_logger("exchange.hub.writer")
@@ -75,7 +75,7 @@ class Batch:
         index = self.next_log_index
         self.next_log_index += 1
         self.add(
-            LogEntryRow.__table__,  # type: ignore[arg-type]
+            LOG_ENTRIES,
             {
                 "idx": index,
                 "kind": entry.event.value,
@@ -109,7 +109,7 @@ class GroupCommitWriter:
 
     def _load_next_log_index(self) -> int:
         with self.engine.connect() as connection:
-            newest = connection.execute(select(func.max(LogEntryRow.__table__.c.idx))).scalar()  # type: ignore[attr-defined]
+            newest = connection.execute(select(func.max(LOG_ENTRIES.c.idx))).scalar()
         return 0 if newest is None else int(newest) + 1
 
     def start(self) -> None:

@@ -7,7 +7,7 @@ commit); everything else may use the ORM. Times are microseconds since the epoch
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Table
 from sqlmodel import Field, SQLModel
 
 
@@ -97,3 +97,11 @@ class PermissionRow(SQLModel, table=True):
     recipients: str = Field(max_length=2000)
     permission: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     granted_at_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+# The Core tables behind the models, for SQLAlchemy Core statements on the hot path.
+MESSAGES: Table = MessageRow.__table__  # type: ignore[attr-defined]
+DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[attr-defined]
+EVIDENCES: Table = EvidenceRow.__table__  # type: ignore[attr-defined]
+LOG_ENTRIES: Table = LogEntryRow.__table__  # type: ignore[attr-defined]
+PERMISSIONS: Table = PermissionRow.__table__  # type: ignore[attr-defined]
