@@ -58,6 +58,7 @@ class EvidenceView:
     violations: tuple[Violation, ...]
     log_index: int
     policy_hash: str
+    log_leaf_hash: bytes
     raw: bytes
 
     def to_json(self) -> dict[str, object]:
@@ -69,6 +70,7 @@ class EvidenceView:
             "envelope_digest": self.envelope_digest.hex(),
             "violations": [v.to_json() for v in self.violations],
             "log_index": self.log_index,
+            "log_leaf_hash": self.log_leaf_hash.hex(),
             "policy_hash": self.policy_hash,
         }
 
@@ -82,6 +84,7 @@ def make_statement(
     envelope_digest: bytes,
     log_index: int,
     policy_hash: str,
+    log_leaf_hash: bytes = b"",
     violations: Sequence[Violation] = (),
 ) -> bytes:
     """The statement bytes the hub signs."""
@@ -96,6 +99,7 @@ def make_statement(
         ],
         log_index=log_index,
         policy_hash=policy_hash,
+        log_leaf_hash=log_leaf_hash,
     ).SerializeToString(deterministic=True)
 
 
@@ -148,5 +152,6 @@ def verify_evidence(evidence: pb.Evidence, directory: Directory, now: datetime) 
         ),
         log_index=statement.log_index,
         policy_hash=statement.policy_hash,
+        log_leaf_hash=statement.log_leaf_hash,
         raw=evidence.SerializeToString(deterministic=True),
     )

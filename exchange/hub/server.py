@@ -426,9 +426,7 @@ async def start_hub(config: HubConfig) -> RunningHub:
     tls = load_tls_material(config.certs, HUB_UNIT)
     limit = policy.max_envelope_bytes + 1024 * 1024
     server = grpc.aio.server(
-        interceptors=[
-            ExchangeInterceptor(CallerIdentity(verifier, config.clock, policy.registry))
-        ],
+        interceptors=[ExchangeInterceptor(CallerIdentity(verifier, config.clock, policy.registry))],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

@@ -35,13 +35,12 @@ from exchange.hub.errors import (
     SenderMismatch,
     UnknownDelivery,
 )
-from exchange.hub.writer import Batch, GroupCommitWriter
+from exchange.hub.writer import Batch, GroupCommitWriter, LogPosition
 from exchange.logs import get_logger
 from exchange.store.tables import DELIVERIES, EVIDENCES, MESSAGES
 from exchange.wire.v1 import exchange_pb2 as pb
 
 log = get_logger("exchange.hub")
-
 
 
 def micros(clock: Clock) -> int:
@@ -181,9 +180,9 @@ class HubService:
         entry = entry_for_header(event, header, hub_time_us=hub_time, policy_hash=self.policy.hash)
         if forwarded_from:
             entry = replace(entry, extra={"forwarded_from": forwarded_from})
-        index = batch.append_log(entry)
+        position = batch.append_log(entry)
         evidence = self._evidence(
-            EvidenceKind.ACCEPTED, header.id, header.sender, hub_time, envelope.digest, index
+            EvidenceKind.ACCEPTED, header.id, header.sender, hub_time, envelope.digest, position
         )
         batch.add(
             MESSAGES,
@@ -207,13 +206,19 @@ class HubService:
                 "accepted_at_us": hub_time,
                 "forwarded_from": forwarded_from,
                 "forwarded_by": header.sender if forwarded_from else None,
-                "log_index": index,
+                "log_index": position.index,
                 "erased_at_us": None,
             },
         )
         self._stage_deliveries(batch, header.id, header.recipients, hub_time)
         self._stage_evidence(
-            batch, evidence, EvidenceKind.ACCEPTED, header.id, header.sender, index, hub_time
+            batch,
+            evidence,
+            EvidenceKind.ACCEPTED,
+            header.id,
+            header.sender,
+            position.index,
+            hub_time,
         )
         batch.claimed[("message", header.id)] = (envelope.digest, evidence)
         return evidence
@@ -244,7 +249,7 @@ class HubService:
     ) -> pb.Evidence:
         hub_time = micros(self.clock)
         rules = tuple(sorted({v.rule for v in violations}))
-        index = batch.append_log(
+        position = batch.append_log(
             entry_for_header(
                 LogEvent.REFUSED,
                 header,
@@ -259,11 +264,17 @@ class HubService:
             header.sender,
             hub_time,
             envelope.digest,
-            index,
+            position,
             violations,
         )
         self._stage_evidence(
-            batch, evidence, EvidenceKind.REFUSED, header.id, header.sender, index, hub_time
+            batch,
+            evidence,
+            EvidenceKind.REFUSED,
+            header.id,
+            header.sender,
+            position.index,
+            hub_time,
         )
         return evidence
 
@@ -274,7 +285,7 @@ class HubService:
         unit: str,
         hub_time: int,
         digest: bytes,
-        index: int,
+        position: LogPosition,
         violations: list[Violation] | None = None,
     ) -> pb.Evidence:
         statement = make_statement(
@@ -283,7 +294,8 @@ class HubService:
             unit=unit,
             hub_time_us=hub_time,
             envelope_digest=digest,
-            log_index=index,
+            log_index=position.index,
+            log_leaf_hash=position.leaf_hash,
             policy_hash=self.policy.hash,
             violations=violations or (),
         )
@@ -527,9 +539,9 @@ class HubService:
             entry = LogEntry(
                 event=event, hub_time_us=hub_time, message_id=message_id, unit=addressee
             )
-        index = batch.append_log(entry)
-        evidence = self._evidence(kind, message_id, addressee, hub_time, digest, index)
-        self._stage_evidence(batch, evidence, kind, message_id, addressee, index, hub_time)
+        position = batch.append_log(entry)
+        evidence = self._evidence(kind, message_id, addressee, hub_time, digest, position)
+        self._stage_evidence(batch, evidence, kind, message_id, addressee, position.index, hub_time)
         if order[new_state] > order[state]:
             values: dict[str, object] = {"state": new_state}
             values["read_at_us" if read else "delivered_at_us"] = hub_time

@@ -12,6 +12,7 @@ only writer of the exchange log in a hub process.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import queue
 import threading
 from collections.abc import Callable
@@ -27,6 +28,14 @@ from exchange.store.tables import LOG_ENTRIES
 
 T = TypeVar("T")
 log = get_logger("exchange.hub.writer")
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """Where an entry went: its leaf index and leaf hash (RFC 9162: SHA-256(0x00 || entry))."""
+
+    index: int
+    leaf_hash: bytes
 
 
 @dataclass
@@ -70,10 +79,11 @@ class Batch:
             del self.claimed[key]
         del self.after_commit[callbacks:]
 
-    def append_log(self, entry: LogEntry) -> int:
-        """Add ``entry`` to the log; returns its index."""
+    def append_log(self, entry: LogEntry) -> LogPosition:
+        """Add ``entry`` to the log; returns its index and leaf hash."""
         index = self.next_log_index
         self.next_log_index += 1
+        encoded = entry.encode()
         self.add(
             LOG_ENTRIES,
             {
@@ -81,10 +91,10 @@ class Batch:
                 "kind": entry.event.value,
                 "message_id": entry.message_id or None,
                 "hub_time_us": entry.hub_time_us,
-                "entry": entry.encode(),
+                "entry": encoded,
             },
         )
-        return index
+        return LogPosition(index, hashlib.sha256(b"\x00" + encoded).digest())
 
 
 class Work(Generic[T]):

@@ -944,6 +944,7 @@ class EvidenceStatement(_message.Message):
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     LOG_INDEX_FIELD_NUMBER: _builtins.int
     POLICY_HASH_FIELD_NUMBER: _builtins.int
+    LOG_LEAF_HASH_FIELD_NUMBER: _builtins.int
     kind: Global___EvidenceKind.ValueType
     message_id: _builtins.str
     unit: _builtins.str
@@ -955,6 +956,8 @@ class EvidenceStatement(_message.Message):
     """index of the log entry recording this event"""
     policy_hash: _builtins.str
     """the policy in force"""
+    log_leaf_hash: _builtins.bytes
+    """SHA-256(0x00 || entry): the leaf an inclusion proof proves"""
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Violation]:
         """for refusals"""
@@ -970,10 +973,11 @@ class EvidenceStatement(_message.Message):
         violations: _abc.Iterable[Global___Violation] | None = ...,
         log_index: _builtins.int = ...,
         policy_hash: _builtins.str = ...,
+        log_leaf_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_digest", b"envelope_digest", "hub_time_us", b"hub_time_us", "kind", b"kind", "log_index", b"log_index", "message_id", b"message_id", "policy_hash", b"policy_hash", "unit", b"unit", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_digest", b"envelope_digest", "hub_time_us", b"hub_time_us", "kind", b"kind", "log_index", b"log_index", "log_leaf_hash", b"log_leaf_hash", "message_id", b"message_id", "policy_hash", b"policy_hash", "unit", b"unit", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
