@@ -15,6 +15,7 @@ from exchange.cli.common import (
     SpeedOption,
     make_clock,
 )
+from exchange.files import write_atomic
 from exchange.hub.server import HubConfig, serve
 from exchange.logs import configure
 from exchange.store.database import database_url
@@ -36,6 +37,13 @@ def serve_command(
     exercise_start: ExerciseStartOption = None,
     speed: SpeedOption = 1.0,
     grace: Annotated[float, typer.Option("--grace", help="Seconds to drain on SIGTERM.")] = 10.0,
+    port_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--port-file",
+            help="Write the bound port here once serving (with --listen host:0 for any port).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Hub service until SIGTERM, then drain streams and submits and exit 0."""
     configure()
@@ -47,4 +55,9 @@ def serve_command(
         clock=make_clock(exercise_start, speed),
         grace_seconds=grace,
     )
-    asyncio.run(serve(config))
+
+    def ready(port: int) -> None:
+        if port_file is not None:
+            write_atomic(port_file, f"{port}\n".encode())
+
+    asyncio.run(serve(config, ready=ready))
