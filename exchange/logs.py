@@ -36,12 +36,15 @@ def configure(
     """Configure structlog for the process (idempotent unless arguments change it)."""
     global _configured
     out = stream or sys.stderr
-    use_json = json if json is not None else not out.isatty()
+    try:
+        use_json = json if json is not None else not out.isatty()
+    except ValueError:  # a closed stream
+        use_json = True
     chosen = (level or os.environ.get("EXCHANGE_LOG_LEVEL", "INFO")).upper()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(colors=not use_json and out.isatty())
     )
     structlog.configure(
         processors=[
@@ -54,10 +57,23 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(chosen, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # Look the stream up when a logger is made, not once: stderr may be replaced
+        # (test capture, daemonising) after logging was configured.
+        logger_factory=(
+            structlog.PrintLoggerFactory(file=stream)
+            if stream is not None
+            else _StderrLoggerFactory()
+        ),
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+class _StderrLoggerFactory:
+    """A PrintLogger on whatever ``sys.stderr`` is at the time."""
+
+    def __call__(self, *_args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(file=sys.stderr)
 
 
 def get_logger(name: str) -> Any:

@@ -387,7 +387,8 @@ class Field:
 
     Accessors check the value against the contract and raise ``error_type``
     located at file, line and field path. ``value`` is :data:`MISSING` when the
-    key is absent.
+    key is absent; an accessor's ``default`` applies to an absent key and to
+    ``null`` alike, and without a default the field is required.
     """
 
     value: Any
@@ -492,8 +493,8 @@ class Field:
         expected: str = "",
         max_length: int | None = None,
     ) -> str:
-        """A string; ``default`` when absent (required when no default)."""
-        if self.value is MISSING and default is not None:
+        """A string; ``default`` when absent or null (required when no default)."""
+        if self.is_null and default is not None:
             return default
         self._require_present()
         if not isinstance(self.value, str):
@@ -521,7 +522,7 @@ class Field:
 
     def boolean(self, *, default: bool | None = None) -> bool:
         """``true`` or ``false`` (no "yes", no 0/1)."""
-        if self.value is MISSING and default is not None:
+        if self.is_null and default is not None:
             return default
         self._require_present()
         if not isinstance(self.value, bool):
@@ -532,7 +533,7 @@ class Field:
         self, *, default: int | None = None, minimum: int | None = None, maximum: int | None = None
     ) -> int:
         """A whole number within the bounds."""
-        if self.value is MISSING and default is not None:
+        if self.is_null and default is not None:
             return default
         self._require_present()
         if isinstance(self.value, bool) or not isinstance(self.value, int):
@@ -546,7 +547,7 @@ class Field:
 
     def enum(self, vocabulary: type[E], *, default: E | None = None, hint: str = "") -> E:
         """A member of ``vocabulary`` by value; the error lists the allowed values."""
-        if self.value is MISSING and default is not None:
+        if self.is_null and default is not None:
             return default
         self._require_present()
         value = self.value

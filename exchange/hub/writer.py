@@ -166,6 +166,10 @@ class GroupCommitWriter:
             with self.engine.begin() as connection:
                 batch = Batch(connection=connection, next_log_index=self._next_log_index)
                 for work in items:
+                    # a caller that gave up before its work began gets nothing written;
+                    # once running, the work cannot be cancelled and its commit stands
+                    if not work.future.set_running_or_notify_cancel():
+                        continue
                     mark = batch._mark()
                     try:
                         results.append((work, work.prepare(batch), None))
@@ -184,7 +188,7 @@ class GroupCommitWriter:
         except Exception as error:
             log.exception("group commit failed", error=str(error), items=len(items))
             for work in items:
-                if not work.future.done():
+                if work.future.running():
                     work.future.set_exception(error)
             return
         for callback in batch.after_commit:
