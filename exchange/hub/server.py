@@ -258,6 +258,9 @@ class HubServicer(pb_grpc.HubServicer):
         cursor = request.cursor
         wake = self.service.subscribe(caller)
         log.info("subscribed", cursor=cursor)
+        # Tell the node at once that the stream is open (gRPC would otherwise hold the
+        # headers back until the first delivery, and an idle node could not tell).
+        await context.send_initial_metadata(())
         try:
             while not self.stopping.is_set():
                 wake.clear()
@@ -265,6 +268,7 @@ class HubServicer(pb_grpc.HubServicer):
                 for item in pending:
                     yield pb.Delivery(
                         sequence=item.sequence,
+                        message_id=item.message_id,
                         envelope=item.envelope,
                         accepted=pb.Evidence.FromString(item.accepted),
                         on_behalf_of=item.addressee if item.addressee != caller else "",
@@ -273,13 +277,15 @@ class HubServicer(pb_grpc.HubServicer):
                 if not pending:
                     stop = asyncio.ensure_future(self.stopping.wait())
                     woken = asyncio.ensure_future(wake.wait())
-                    _done, waiting = await asyncio.wait(
-                        {stop, woken},
-                        timeout=self.poll_seconds,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    for task in waiting:
-                        task.cancel()
+                    try:
+                        await asyncio.wait(
+                            {stop, woken},
+                            timeout=self.poll_seconds,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    finally:  # also when the node goes away mid-wait (call cancelled)
+                        stop.cancel()
+                        woken.cancel()
         finally:
             self.service.unsubscribe(caller, wake)
 

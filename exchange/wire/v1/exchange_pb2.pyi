@@ -1322,11 +1322,14 @@ class Delivery(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     ACCEPTED_FIELD_NUMBER: _builtins.int
     ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """per-recipient sequence, the cursor to resume from"""
     envelope: _builtins.bytes
     on_behalf_of: _builtins.str
     """for a relay: the relayed unit this delivery is for"""
+    message_id: _builtins.str
+    """the envelope's message id (so a node can ack without parsing)"""
     @_builtins.property
     def accepted(self) -> Global___Evidence:
         """the hub's acceptance evidence"""
@@ -1338,10 +1341,11 @@ class Delivery(_message.Message):
         envelope: _builtins.bytes = ...,
         accepted: Global___Evidence | None = ...,
         on_behalf_of: _builtins.str = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "envelope", b"envelope", "on_behalf_of", b"on_behalf_of", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "envelope", b"envelope", "message_id", b"message_id", "on_behalf_of", b"on_behalf_of", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,400 @@
+"""``exchange bench exchange``: the real hub under load from real nodes, beside a raw echo.
+
+A hub process (``exchange hub serve``) with mutual TLS and the chosen store; N units
+with their own certificates submit pre-sealed envelopes at a given concurrency and
+subscribe to their deliveries, acknowledging each as a node does. In the same run, a
+plain unary echo server with the same TLS certificates takes the same payloads over the
+same kind of channels at the same concurrency: the ratio of the two is the figure to
+compare, since absolute rates move with whatever else runs on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from exchange.bench.echo import ECHO_METHOD
+from exchange.bench.envelope import sample_message
+from exchange.core.envelope import seal
+from exchange.core.suites import suite_by_id
+from exchange.core.vocab import Channel
+from exchange.pki import Validity, init_pki, load_directory, load_keyring, load_tls_material
+from exchange.wire.v1 import exchange_pb2 as pb
+from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
+
+POLICY = "limits:\n  max_envelope_bytes: 53477376\ncrypto:\n  minimum_suite: classic-2026\n"
+
+
+def unit_ids(count: int, prefix: str = "N") -> list[str]:
+    return [f"BX.{prefix}{i:04d}" for i in range(1, count + 1)]
+
+
+def write_registry(folder: Path, units: list[str]) -> None:
+    """A registry of bench units: member states on SIENA, cleared for everything."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["units:"]
+    for unit in units:
+        lines += [
+            f"  - id: {unit}",
+            f"    name: Benchmark unit {unit}",
+            "    status: member_state",
+            "    channels: [SIENA]",
+            "    clearance: CONFIDENTIEL_UE",
+            "    relay: null",
+        ]
+    (folder / "registry.yaml").write_text("\n".join(lines) + "\n")
+    (folder / "policy.yaml").write_text(POLICY)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (MB)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+class Process:
+    """A child process that writes its port to a file; stopped with SIGTERM."""
+
+    def __init__(self, args: list[str], port_file: Path, env: dict[str, str]) -> None:
+        self.port_file = port_file
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+
+    def wait_port(self, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.port_file.exists() and self.port_file.read_text().strip():
+                return int(self.port_file.read_text())
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.proc.args[:3]} exited with {self.proc.returncode}")
+            time.sleep(0.05)
+        raise RuntimeError("the process did not start in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def channel_for(certs: Path, unit: str, port: int) -> grpc.aio.Channel:
+    tls = load_tls_material(certs, unit)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.root_ca_pem,
+        private_key=tls.private_key_pem,
+        certificate_chain=tls.certificate_chain_pem,
+    )
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{port}",
+        credentials,
+        options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+    )
+
+
+async def run_concurrently(
+    items: list[Any], concurrency: int, call: Callable[[Any], Awaitable[float]]
+) -> tuple[float, list[float]]:
+    """Run ``call`` over ``items`` with ``concurrency`` workers; (seconds, latencies)."""
+    latencies: list[float] = []
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            latencies.append(await call(item))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start, latencies
+
+
+@dataclasses.dataclass
+class Prepared:
+    workdir: Path
+    certs: Path
+    policies: Path
+    units: list[str]
+    envelopes: list[tuple[str, str, bytes]]  # (sender, message id, envelope)
+
+
+def prepare(workdir: Path, nodes: int, messages: int, size: int, suite_id: str) -> Prepared:
+    """Registry, PKI and pre-sealed envelopes (sealing is not what the hub is measured on)."""
+    units = unit_ids(nodes)
+    policies = workdir / "policies"
+    write_registry(policies, units)
+    certs = workdir / "certs"
+    init_pki(certs, units, suites=(suite_id,), validity=Validity.of(None))
+    directory = load_directory(certs)
+    keyrings = {u: load_keyring(certs, u) for u in units}
+    header, body = sample_message(size, 1)
+    suite = suite_by_id(suite_id)
+    now = datetime.now(UTC)
+    envelopes = []
+    for i in range(messages):
+        sender, recipient = units[i % nodes], units[(i + 1) % nodes]
+        message_id = f"bench-{i:07d}"
+        envelope = seal(
+            dataclasses.replace(
+                header, id=message_id, sender=sender, to=(recipient,), channel=Channel.SIENA
+            ),
+            body,
+            keyring=keyrings[sender],
+            directory=directory,
+            now=now,
+            suite=suite,
+        )
+        envelopes.append((sender, message_id, envelope.raw))
+    return Prepared(workdir, certs, policies, units, envelopes)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["EXCHANGE_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+async def _load(
+    prepared: Prepared, port: int, concurrency: int, rate: float | None
+) -> dict[str, Any]:
+    """Submit every envelope, receive and acknowledge every delivery; the figures."""
+    channels = {u: channel_for(prepared.certs, u, port) for u in prepared.units}
+    stubs = {u: pb_grpc.HubStub(c) for u, c in channels.items()}
+    submitted_at: dict[str, float] = {}
+    delivered_at: dict[str, float] = {}
+    expected = len(prepared.envelopes)
+    all_delivered = asyncio.Event()
+
+    async def subscriber(unit: str) -> None:
+        stream = stubs[unit].Subscribe(pb.SubscribeRequest(cursor=0))
+        async for delivery in stream:
+            message_id = delivery.message_id
+            delivered_at.setdefault(message_id, time.perf_counter())
+            await stubs[unit].Acknowledge(
+                pb.AcknowledgeRequest(message_id=message_id, sequence=delivery.sequence)
+            )
+            if len(delivered_at) >= expected:
+                all_delivered.set()
+
+    subscribers = [asyncio.create_task(subscriber(u)) for u in prepared.units]
+    accepted = 0
+    interval = 1.0 / rate if rate else 0.0
+    start = time.perf_counter()
+
+    async def submit(item: tuple[int, tuple[str, str, bytes]]) -> float:
+        nonlocal accepted
+        index, (sender, message_id, raw) = item
+        if interval:
+            await asyncio.sleep(max(0.0, start + index * interval - time.perf_counter()))
+        began = time.perf_counter()
+        submitted_at[message_id] = began
+        response = await stubs[sender].Submit(pb.SubmitRequest(envelope=raw))
+        if response.evidence.statement:
+            accepted += 1
+        return (time.perf_counter() - began) * 1000
+
+    seconds, latencies = await run_concurrently(
+        list(enumerate(prepared.envelopes)), concurrency, submit
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_delivered.wait(), timeout=120)
+    delivered_seconds = max(delivered_at.values(), default=start) - start
+    for task in subscribers:
+        task.cancel()
+    await asyncio.gather(*subscribers, return_exceptions=True)
+    for channel in channels.values():
+        await channel.close()
+    end_to_end = [
+        (delivered_at[m] - submitted_at[m]) * 1000 for m in delivered_at if m in submitted_at
+    ]
+    return {
+        "messages": expected,
+        "accepted": accepted,
+        "delivered": len(delivered_at),
+        "accepted_per_s": round(accepted / seconds, 1),
+        "delivered_per_s": round(len(delivered_at) / delivered_seconds, 1)
+        if delivered_seconds
+        else 0.0,
+        "submit_p50_ms": round(percentile(latencies, 0.50), 2),
+        "submit_p99_ms": round(percentile(latencies, 0.99), 2),
+        "submit_to_delivered_p99_ms": round(percentile(end_to_end, 0.99), 2),
+    }
+
+
+async def _echo(prepared: Prepared, port: int, concurrency: int) -> float:
+    channels = {u: channel_for(prepared.certs, u, port) for u in prepared.units}
+    calls = {
+        u: c.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)
+        for u, c in channels.items()
+    }
+
+    async def echo(item: tuple[str, str, bytes]) -> float:
+        began = time.perf_counter()
+        await calls[item[0]](item[2])
+        return (time.perf_counter() - began) * 1000
+
+    seconds, _ = await run_concurrently(prepared.envelopes, concurrency, echo)
+    for channel in channels.values():
+        await channel.close()
+    return round(len(prepared.envelopes) / seconds, 1)
+
+
+async def _idle(certs: Path, units: list[str], port: int, pid: int) -> dict[str, Any]:
+    channels = [channel_for(certs, u, port) for u in units]
+    streams = [pb_grpc.HubStub(c).Subscribe(pb.SubscribeRequest()) for c in channels]
+    # a stream is established once its initial metadata arrives
+    await asyncio.gather(*(s.initial_metadata() for s in streams))
+    await asyncio.sleep(2)
+    rss = rss_mb(pid)
+    for stream in streams:
+        stream.cancel()
+    for channel in channels:
+        await channel.close()
+    return {"idle_nodes": len(units), "hub_rss_mb_idle_nodes": rss}
+
+
+def start_hub_process(root: Path, prepared: Prepared, url: str, name: str) -> Process:
+    exe = str(Path(sys.executable).parent / "exchange")
+    port_file = root / f"{name}.port"
+    return Process(
+        [
+            exe,
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--certs",
+            str(prepared.certs),
+            "--db",
+            url,
+            "--policies",
+            str(prepared.policies),
+        ],
+        port_file,
+        _env(),
+    )
+
+
+def run(
+    *,
+    nodes: int,
+    messages: int,
+    concurrency: int,
+    db_url: str | None,
+    size: int = 2048,
+    suite: str = "classic-2026",
+    idle_nodes: int = 0,
+) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON document."""
+    with tempfile.TemporaryDirectory(prefix="exchange-bench-") as scratch:
+        root = Path(scratch)
+        prepared = prepare(root, nodes, messages, size, suite)
+        url = db_url or f"sqlite:///{root / 'hub.db'}"
+        hub = start_hub_process(root, prepared, url, "hub")
+        echo = Process(
+            [
+                sys.executable,
+                "-m",
+                "exchange.bench.echo",
+                "--certs",
+                str(prepared.certs),
+                "--port-file",
+                str(root / "echo.port"),
+            ],
+            root / "echo.port",
+            _env(),
+        )
+        try:
+            hub_port, echo_port = hub.wait_port(), echo.wait_port()
+            loaded = asyncio.run(_load(prepared, hub_port, concurrency, None))
+            loaded["hub_rss_mb"] = rss_mb(hub.proc.pid)
+            echo_per_s = asyncio.run(_echo(prepared, echo_port, concurrency))
+            half_rate = max(1.0, loaded["accepted_per_s"] / 2)
+            half = dataclasses.replace(
+                prepared, envelopes=more_envelopes(prepared, int(half_rate * 4), size)
+            )
+            at_half = asyncio.run(_load(half, hub_port, concurrency, half_rate))
+            result: dict[str, Any] = {
+                "benchmark": "exchange",
+                "nodes": nodes,
+                "concurrency": concurrency,
+                "size_bytes": size,
+                "suite": suite,
+                "db": "postgresql" if url.startswith("postgresql") else "sqlite",
+                **loaded,
+                "echo_per_s": echo_per_s,
+                "ratio_accepted_to_echo": round(loaded["accepted_per_s"] / echo_per_s, 3),
+                "ratio_delivered_to_echo": round(loaded["delivered_per_s"] / echo_per_s, 3),
+                "half_rate_per_s": round(half_rate, 1),
+                "submit_p50_ms_at_half_rate": at_half["submit_p50_ms"],
+                "submit_p99_ms_at_half_rate": at_half["submit_p99_ms"],
+            }
+            if idle_nodes:
+                # a fresh hub that knows the idle units too, so its memory is theirs alone
+                idle_units = unit_ids(idle_nodes, prefix="I")
+                write_registry(prepared.policies, prepared.units + idle_units)
+                init_pki(prepared.certs, idle_units, suites=(suite,))
+                hub.stop()
+                hub = start_hub_process(root, prepared, url, "hub-idle")
+                result.update(
+                    asyncio.run(_idle(prepared.certs, idle_units, hub.wait_port(), hub.proc.pid))
+                )
+            return result
+        finally:
+            hub.stop()
+            echo.stop()
+
+
+def more_envelopes(prepared: Prepared, count: int, size: int) -> list[tuple[str, str, bytes]]:
+    """Fresh envelopes for the half-rate phase (their ids are new, or they would dedupe)."""
+    directory = load_directory(prepared.certs)
+    keyrings = {u: load_keyring(prepared.certs, u) for u in prepared.units}
+    header, body = sample_message(size, 1)
+    now = datetime.now(UTC)
+    out = []
+    n = len(prepared.units)
+    for i in range(count):
+        sender, recipient = prepared.units[i % n], prepared.units[(i + 1) % n]
+        message_id = f"half-{i:07d}"
+        envelope = seal(
+            dataclasses.replace(
+                header, id=message_id, sender=sender, to=(recipient,), channel=Channel.SIENA
+            ),
+            body,
+            keyring=keyrings[sender],
+            directory=directory,
+            now=now,
+        )
+        out.append((sender, message_id, envelope.raw))
+    return out
