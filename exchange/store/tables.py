@@ -99,9 +99,23 @@ class PermissionRow(SQLModel, table=True):
     granted_at_us: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class TreeHeadRow(SQLModel, table=True):
+    """A tree head the hub signed: the log's size and root hash at a hub time."""
+
+    __tablename__ = "tree_heads"
+
+    id: int | None = Field(default=None, primary_key=True)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    root_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    hub_time_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: the serialized SignedTreeHead, as served to nodes
+    signed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 # The Core tables behind the models, for SQLAlchemy Core statements on the hot path.
 MESSAGES: Table = MessageRow.__table__  # type: ignore[attr-defined]
 DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[attr-defined]
 EVIDENCES: Table = EvidenceRow.__table__  # type: ignore[attr-defined]
 LOG_ENTRIES: Table = LogEntryRow.__table__  # type: ignore[attr-defined]
 PERMISSIONS: Table = PermissionRow.__table__  # type: ignore[attr-defined]
+TREE_HEADS: Table = TreeHeadRow.__table__  # type: ignore[attr-defined]
