@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from exchange.cli.common import DbOption
 from exchange.cli.output import OutputFormat, console, print_json
 from exchange.core.suites import SUITES, suite_by_id
 from exchange.files import write_atomic
@@ -63,3 +64,73 @@ def envelope_command(
         )
     console.print(table)
     console.print(result["primitives"])
+
+
+@app.command("exchange")
+def exchange_command(
+    nodes: Annotated[int, typer.Option("--nodes", min=2, help="Units sending and receiving.")] = 20,
+    messages: Annotated[int, typer.Option("--messages", min=1)] = 20000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 64,
+    db: DbOption = None,
+    size: Annotated[int, typer.Option("--size", min=1, help="Body text bytes.")] = 2048,
+    suite: Annotated[str, typer.Option("--suite")] = "classic-2026",
+    idle_nodes: Annotated[
+        int,
+        typer.Option(
+            "--idle-nodes",
+            min=0,
+            help="Then measure hub RSS with this many idle, subscribed nodes.",
+        ),
+    ] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
+    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
+) -> None:
+    """The real hub with real mTLS and subscribed nodes, beside a raw mTLS echo baseline."""
+    from exchange.bench.exchange import run
+
+    suite_by_id(suite)
+    result = run(
+        nodes=nodes,
+        messages=messages,
+        concurrency=concurrency,
+        db_url=db,
+        size=size,
+        suite=suite,
+        idle_nodes=idle_nodes,
+    )
+    if out is not None:
+        write_atomic(out, (json.dumps(result, indent=2) + "\n").encode())
+    if output is OutputFormat.JSON:
+        print_json(result)
+        return
+    table = Table(title=f"exchange: {nodes} nodes, {messages} messages, concurrency {concurrency}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command("log")
+def log_command(
+    entries: Annotated[
+        int, typer.Option("--entries", min=1, help="Log entries to build.")
+    ] = 1_000_000,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
+    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
+) -> None:
+    """Appends, inclusion and consistency proofs, and full verification per second."""
+    from exchange.bench.log import run
+
+    result = run(entries, None)
+    if out is not None:
+        write_atomic(out, (json.dumps(result, indent=2) + "\n").encode())
+    if output is OutputFormat.JSON:
+        print_json(result)
+        return
+    table = Table(title=f"exchange log, {entries:,} entries")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
+    console.print(table)
