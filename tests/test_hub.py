@@ -17,13 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
 from exchange.core.body import Body
+from exchange.core.clock import SystemClock
 from exchange.core.envelope import SealedEnvelope, open_envelope, seal
 from exchange.core.evidence import EvidenceKind, verify_evidence
 from exchange.core.header import Header
 from exchange.core.suites import CLASSIC
 from exchange.hub.background import BackgroundHub
 from exchange.hub.server import HubConfig
-from exchange.core.clock import SystemClock
 from exchange.pki import init_pki, load_directory, load_keyring, load_tls_material, revoke_subject
 from exchange.store.database import make_engine
 from exchange.store.tables import DeliveryRow, LogEntryRow, MessageRow
@@ -91,7 +91,9 @@ class Hub:
     def stub(self, unit: str, certs: Path | None = None) -> pb_grpc.HubStub:
         return pb_grpc.HubStub(self.channel(unit, certs))
 
-    def seal(self, sender: str, header: dict[str, Any], text: str = "Checks requested.") -> SealedEnvelope:
+    def seal(
+        self, sender: str, header: dict[str, Any], text: str = "Checks requested."
+    ) -> SealedEnvelope:
         directory = load_directory(self.certs)
         return seal(
             Header.from_json(header),
@@ -157,7 +159,7 @@ def test_accepted_message_is_delivered_and_acknowledged(hub: Hub) -> None:
     with pytest.raises(grpc.RpcError) as waited:
         next(iter(again))
     assert waited.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert hub.rows(LogEntryRow) == 2  # accepted, delivered
+    assert hub.rows(LogEntryRow) == 3  # policy loaded, accepted, delivered
 
 
 def test_unacknowledged_delivery_comes_again_after_reconnect(hub: Hub) -> None:
@@ -209,21 +211,21 @@ def test_random_bytes_are_invalid_and_the_hub_keeps_serving(hub: Hub) -> None:
     good = hub.seal("AL.CTD", header_json())
     assert stub.Submit(pb.SubmitRequest(envelope=good.raw), timeout=TIMEOUT).evidence.statement
     assert hub.rows(MessageRow) == 1
-    assert hub.rows(LogEntryRow) == 1
+    assert hub.rows(LogEntryRow) == 2  # policy loaded, accepted
 
 
 def test_policy_refusal_names_rule_recipient_and_reason(hub: Hub) -> None:
     envelope = hub.seal("AL.CTD", header_json(to=["ME.ARO"]))  # ME.ARO is not on CT
-    evidence = hub.stub("AL.CTD").Submit(
-        pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT
-    ).evidence
+    evidence = (
+        hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
+    )
     refused = verify_evidence(evidence, load_directory(hub.certs), datetime.now(UTC))
     assert refused.kind is EvidenceKind.REFUSED
     assert [(v.rule, v.recipient) for v in refused.violations] == [("CH-NOT-MEMBER", "ME.ARO")]
     assert "CT" in refused.violations[0].reason
     assert hub.rows(MessageRow) == 0
     assert hub.rows(DeliveryRow) == 0
-    assert hub.rows(LogEntryRow) == 1  # the refusal is logged
+    assert hub.rows(LogEntryRow) == 2  # policy loaded, and the refusal
 
 
 def test_confidential_message_sealed_classic_is_refused(hub: Hub) -> None:
@@ -236,9 +238,9 @@ def test_confidential_message_sealed_classic_is_refused(hub: Hub) -> None:
         now=datetime.now(UTC),
         suite=CLASSIC,
     )
-    evidence = hub.stub("AL.CTD").Submit(
-        pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT
-    ).evidence
+    evidence = (
+        hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
+    )
     refused = verify_evidence(evidence, load_directory(hub.certs), datetime.now(UTC))
     assert [v.rule for v in refused.violations] == ["CR-SUITE-TOO-WEAK"]
 
@@ -262,11 +264,13 @@ def test_directory_is_signed_by_the_hub(hub: Hub) -> None:
     signed = hub.stub("AL.CTD").GetDirectory(pb.GetDirectoryRequest(), timeout=TIMEOUT)
     evidence = pb.Evidence(statement=signed.directory, signatures=signed.signatures)
     directory_keys = load_directory(hub.certs)
-    from exchange.core.suites import verify_signature
     from exchange.core.evidence import SIGNED_PREFIX
+    from exchange.core.suites import verify_signature
 
     key = directory_keys.key("HUB", evidence.signatures[0].key_id, datetime.now(UTC))
-    assert verify_signature(key.public_key, evidence.signatures[0].value, SIGNED_PREFIX + signed.directory)  # type: ignore[arg-type]
+    assert verify_signature(
+        key.public_key, evidence.signatures[0].value, SIGNED_PREFIX + signed.directory
+    )  # type: ignore[arg-type]
     listing = pb.Directory.FromString(signed.directory)
     units = {u.id: u for u in listing.units}
     assert units["XK.KP"].relay == "EU.EULEX"
@@ -274,9 +278,7 @@ def test_directory_is_signed_by_the_hub(hub: Hub) -> None:
     assert all(k.certificate_der for k in units["AL.CTD"].keys)
 
 
-def test_foreign_ca_certificate_is_refused_at_the_handshake(
-    hub: Hub, tmp_path: Path
-) -> None:
+def test_foreign_ca_certificate_is_refused_at_the_handshake(hub: Hub, tmp_path: Path) -> None:
     foreign = tmp_path / "foreign"
     init_pki(foreign, ["AL.CTD"])
     stub = hub.stub("AL.CTD", certs=foreign)

@@ -80,7 +80,7 @@ def verify_command(
     ] = None,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Recompute the tree and check every signed head and evidence (exit 3 at the first bad entry)."""
+    """Recompute the tree; check every signed head and evidence (exit 3: first bad entry)."""
     directory = load_directory(certs)
     now = datetime.now(UTC)
     if file is not None:
@@ -194,7 +194,7 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", help="JSON Lines file to write.")],
     db: DbOption = None,
 ) -> None:
-    """Entries of a period with their inclusion proofs and the newest signed head, for an auditor."""
+    """A period's entries with inclusion proofs and the newest signed head, for auditors."""
     first, last = _day(from_date, "--from"), _day(to_date, "--to")
     start = int(datetime.combine(first, time.min, UTC).timestamp() * 1_000_000)
     end = int(datetime.combine(last + timedelta(days=1), time.min, UTC).timestamp() * 1_000_000)

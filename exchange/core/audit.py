@@ -150,9 +150,12 @@ def audit_log(
                 )
             )
         elif root_at(tree, head.size) != head.root_hash:
+            # name the entry already found wrong under this head, else the first entry
+            # no evidence vouches for (the only ones that could have changed unseen)
+            named = [p.index for p in report.problems if p.index < head.size]
             report.problems.append(
                 LogProblem(
-                    _first_unattested(attested, head.size),
+                    min(named) if named else _first_unattested(attested, head.size),
                     f"the first {head.size} entries do not have the root the hub signed "
                     f"at {head.hub_time_us} µs",
                 )

@@ -324,14 +324,24 @@ class HubServicer(pb_grpc.HubServicer):
     async def GetStatistics(self, request: Any, context: Any) -> Any:
         raise NotAvailable("statistics are not served by this hub yet")
 
-    async def GetTreeHead(self, request: Any, context: Any) -> Any:
-        raise NotAvailable("signed tree heads are not served by this hub yet")
+    async def GetTreeHead(
+        self, request: pb.GetTreeHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SignedTreeHead:
+        return await self.service.tree_head()
 
-    async def GetInclusionProof(self, request: Any, context: Any) -> Any:
-        raise NotAvailable("inclusion proofs are not served by this hub yet")
+    async def GetInclusionProof(
+        self, request: pb.GetInclusionProofRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.InclusionProof:
+        hashes = await self.service.inclusion_proof(request.index, request.tree_size)
+        return pb.InclusionProof(index=request.index, tree_size=request.tree_size, hashes=hashes)
 
-    async def GetConsistencyProof(self, request: Any, context: Any) -> Any:
-        raise NotAvailable("consistency proofs are not served by this hub yet")
+    async def GetConsistencyProof(
+        self, request: pb.GetConsistencyProofRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ConsistencyProof:
+        hashes = await self.service.consistency_proof(request.old_size, request.new_size)
+        return pb.ConsistencyProof(
+            old_size=request.old_size, new_size=request.new_size, hashes=hashes
+        )
 
 
 def directory_message(
@@ -472,6 +482,7 @@ async def start_hub(config: HubConfig) -> RunningHub:
     if port == 0:
         raise InputError(f"cannot listen on {config.listen}")
     service.start()
+    await service.record_policy()
     await server.start()
     log.info("hub serving", listen=config.listen, port=port, policy_hash=policy.hash[:16])
     return RunningHub(server=server, service=service, port=port, stopping=stopping)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import cast
 from datetime import datetime
 from functools import partial
+from typing import cast
 
 from sqlalchemy import Engine, and_, select, update
 
@@ -35,9 +35,10 @@ from exchange.hub.errors import (
     SenderMismatch,
     UnknownDelivery,
 )
+from exchange.hub.transparency import HubLog
 from exchange.hub.writer import Batch, GroupCommitWriter, LogPosition
 from exchange.logs import get_logger
-from exchange.store.tables import DELIVERIES, EVIDENCES, MESSAGES
+from exchange.store.tables import DELIVERIES, EVIDENCES, LOG_ENTRIES, MESSAGES
 from exchange.wire.v1 import exchange_pb2 as pb
 
 log = get_logger("exchange.hub")
@@ -86,14 +87,18 @@ class HubService:
         directory: Directory,
         signer: EvidenceSigner,
         clock: Clock,
-        writer: GroupCommitWriter | None = None,
+        hub_log: HubLog | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
         self.directory = directory
         self.signer = signer
         self.clock = clock
-        self.writer = writer or GroupCommitWriter(engine)
+        self.log = hub_log or HubLog(
+            engine=engine, keyring=signer.keyring, directory=directory, clock=clock
+        )
+        self.log.load()
+        self.writer = GroupCommitWriter(engine, hooks=self.log)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -104,6 +109,46 @@ class HubService:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.writer.start()
+
+    # ---------------------------------------------------------------- the log
+
+    async def record_policy(self) -> None:
+        """Log that this policy is in force, when it differs from the last one logged."""
+        await self.writer.submit(self._record_policy)
+
+    def _record_policy(self, batch: Batch) -> None:
+        newest = batch.connection.execute(
+            select(LOG_ENTRIES.c.entry)
+            .where(LOG_ENTRIES.c.kind == LogEvent.POLICY_LOADED.value)
+            .order_by(LOG_ENTRIES.c.idx.desc())
+            .limit(1)
+        ).first()
+        if newest is not None and LogEntry.decode(newest[0]).policy_hash == self.policy.hash:
+            return
+        batch.append_log(
+            LogEntry(
+                event=LogEvent.POLICY_LOADED,
+                hub_time_us=micros(self.clock),
+                policy_hash=self.policy.hash,
+                rules=tuple(self.policy.rules.ids),
+            )
+        )
+        # a policy change is attested at once by a signed head
+        self.log.force_head = True
+
+    async def tree_head(self) -> pb.SignedTreeHead:
+        """A signed head of the whole log as it is now (signing one if the newest is older)."""
+        if not self.log.head_is_current() or self.log.latest is None:
+            self.log.force_head = True
+            await self.writer.submit(lambda _batch: None)
+        assert self.log.latest is not None
+        return self.log.latest
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        return await asyncio.to_thread(self.log.inclusion, index, tree_size)
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return await asyncio.to_thread(self.log.consistency, old_size, new_size)
 
     def stop(self) -> None:
         self.writer.stop()

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, func, insert, select
 
@@ -51,6 +51,8 @@ class Batch:
     #: with their envelope digest, acknowledged delivery sequence numbers, ...
     claimed: dict[Any, Any] = field(default_factory=dict)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: leaf hashes of the entries this batch appends, in index order
+    leaf_hashes: list[bytes] = field(default_factory=list)
 
     def add(self, table: Table, row: dict[str, Any]) -> None:
         self.rows.setdefault(table, []).append(row)
@@ -59,18 +61,20 @@ class Batch:
         """Run ``statement`` in this transaction after the batch's inserts."""
         self.statements.append(statement)
 
-    def _mark(self) -> tuple[dict[Table, int], int, int, set[Any], int]:
+    def _mark(self) -> tuple[dict[Table, int], int, int, set[Any], int, int]:
         return (
             {t: len(r) for t, r in self.rows.items()},
             self.next_log_index,
             len(self.statements),
             set(self.claimed),
             len(self.after_commit),
+            len(self.leaf_hashes),
         )
 
-    def _rewind(self, mark: tuple[dict[Table, int], int, int, set[Any], int]) -> None:
+    def _rewind(self, mark: tuple[dict[Table, int], int, int, set[Any], int, int]) -> None:
         """Drop what a failed piece of work staged, so it leaves nothing half-written."""
-        sizes, index, statements, claimed, callbacks = mark
+        sizes, index, statements, claimed, callbacks, leaves = mark
+        del self.leaf_hashes[leaves:]
         for table in list(self.rows):
             del self.rows[table][sizes.get(table, 0) :]
         self.next_log_index = index
@@ -94,7 +98,9 @@ class Batch:
                 "entry": encoded,
             },
         )
-        return LogPosition(index, hashlib.sha256(b"\x00" + encoded).digest())
+        leaf = hashlib.sha256(b"\x00" + encoded).digest()
+        self.leaf_hashes.append(leaf)
+        return LogPosition(index, leaf)
 
 
 class Work(Generic[T]):
@@ -105,11 +111,24 @@ class Work(Generic[T]):
         self.future: Future[T] = Future()
 
 
+class CommitHooks(Protocol):
+    """Work done with every batch: staged into its transaction, applied once it committed."""
+
+    def before_commit(self, batch: Batch) -> None: ...
+
+    def after_commit(self) -> None: ...
+
+    def after_failure(self) -> None: ...
+
+
 class GroupCommitWriter:
     """The hub's single writer thread."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 512, hooks: CommitHooks | None = None
+    ) -> None:
         self.engine = engine
+        self.hooks = hooks
         self.max_batch = max_batch
         self._queue: queue.Queue[Work[Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -176,6 +195,8 @@ class GroupCommitWriter:
                     except Exception as error:  # this work alone fails; the batch goes on
                         batch._rewind(mark)
                         results.append((work, None, error))
+                if self.hooks is not None:
+                    self.hooks.before_commit(batch)
                 for table, rows in batch.rows.items():
                     if rows:
                         connection.execute(insert(table), rows)
@@ -187,10 +208,14 @@ class GroupCommitWriter:
             self.committed += len(items)
         except Exception as error:
             log.exception("group commit failed", error=str(error), items=len(items))
+            if self.hooks is not None:
+                self.hooks.after_failure()
             for work in items:
                 if work.future.running():
                     work.future.set_exception(error)
             return
+        if self.hooks is not None:
+            self.hooks.after_commit()
         for callback in batch.after_commit:
             try:
                 callback()
