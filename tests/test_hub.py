@@ -325,3 +325,30 @@ def test_relayed_unit_cannot_connect_directly(hub: Hub) -> None:
         hub.stub("XK.KP").GetDirectory(pb.GetDirectoryRequest(), timeout=TIMEOUT)
     assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "EU.EULEX" in refused.value.details()
+
+
+def test_sender_fetches_the_evidence_chain_and_strangers_cannot(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json())
+    hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+    receiver = hub.stub("EU.EUROPOL")
+    stream = receiver.Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
+    delivery = next(iter(stream))
+    stream.cancel()
+    for read in (False, True):
+        receiver.Acknowledge(
+            pb.AcknowledgeRequest(
+                message_id=envelope.message_id, sequence=delivery.sequence, read=read
+            ),
+            timeout=TIMEOUT,
+        )
+    chain = hub.stub("AL.CTD").GetEvidences(
+        pb.GetEvidencesRequest(message_id=envelope.message_id), timeout=TIMEOUT
+    )
+    directory = load_directory(hub.certs)
+    kinds = [verify_evidence(e, directory, datetime.now(UTC)).kind for e in chain.evidences]
+    assert kinds == [EvidenceKind.ACCEPTED, EvidenceKind.DELIVERED, EvidenceKind.READ]
+    with pytest.raises(grpc.RpcError) as refused:
+        hub.stub("RS.CTU").GetEvidences(
+            pb.GetEvidencesRequest(message_id=envelope.message_id), timeout=TIMEOUT
+        )
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION

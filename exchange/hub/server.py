@@ -243,7 +243,11 @@ class HubServicer(pb_grpc.HubServicer):
         self.service = service
         self.directory_message = directory_message
         self.stopping = stopping
-        self.poll_seconds = 1.0
+        #: a stream idle this long reads the store anyway (a safety net: deliveries
+        #: reach open streams from the writer, see HubService)
+        self.poll_seconds = 30.0
+        #: deliveries read from the store at a time
+        self.page = 256
 
     async def Submit(
         self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -256,38 +260,44 @@ class HubServicer(pb_grpc.HubServicer):
     ) -> AsyncIterator[pb.Delivery]:
         caller = CALLER.get()
         cursor = request.cursor
-        wake = self.service.subscribe(caller)
+        subscription = self.service.subscribe(caller)
         log.info("subscribed", cursor=cursor)
         # Tell the node at once that the stream is open (gRPC would otherwise hold the
         # headers back until the first delivery, and an idle node could not tell).
         await context.send_initial_metadata(())
         try:
             while not self.stopping.is_set():
-                wake.clear()
-                pending = await self.service.pending(caller, cursor)
-                for item in pending:
+                subscription.event.clear()
+                if subscription.reread:
+                    # the store: at first, after falling behind, and now and then
+                    subscription.reread = False
+                    items = await self.service.pending(caller, cursor, self.page)
+                    if len(items) == self.page:
+                        subscription.reread = True  # more after this page
+                else:
+                    items = subscription.take()
+                sent = False
+                for item in items:
+                    if item.sequence <= cursor:
+                        continue  # read from the store and offered too
                     yield pb.Delivery(
                         sequence=item.sequence,
                         message_id=item.message_id,
                         envelope=item.envelope,
-                        accepted=pb.Evidence.FromString(item.accepted),
+                        accepted=item.accepted,
                         on_behalf_of=item.addressee if item.addressee != caller else "",
                     )
                     cursor = item.sequence
-                if not pending:
-                    stop = asyncio.ensure_future(self.stopping.wait())
-                    woken = asyncio.ensure_future(wake.wait())
-                    try:
-                        await asyncio.wait(
-                            {stop, woken},
-                            timeout=self.poll_seconds,
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                    finally:  # also when the node goes away mid-wait (call cancelled)
-                        stop.cancel()
-                        woken.cancel()
+                    sent = True
+                if sent or subscription.reread or subscription.items:
+                    continue
+                try:
+                    async with asyncio.timeout(self.poll_seconds):
+                        await subscription.event.wait()
+                except TimeoutError:
+                    subscription.reread = True
         finally:
-            self.service.unsubscribe(caller, wake)
+            self.service.unsubscribe(subscription)
 
     async def Acknowledge(
         self, request: pb.AcknowledgeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -306,6 +316,12 @@ class HubServicer(pb_grpc.HubServicer):
     ) -> pb.ForwardResponse:
         evidence = await self.service.forward(CALLER.get(), request.envelope)
         return pb.ForwardResponse(evidence=evidence)
+
+    async def GetEvidences(
+        self, request: pb.GetEvidencesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetEvidencesResponse:
+        stored = await self.service.evidences(CALLER.get(), request.message_id)
+        return pb.GetEvidencesResponse(evidences=[pb.Evidence.FromString(e) for e in stored])
 
     async def GetDirectory(
         self, request: pb.GetDirectoryRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -419,6 +435,7 @@ class RunningHub:
     async def stop(self, grace: float = 10.0) -> None:
         """Drain: refuse new calls, end streams, finish in-flight submits, stop the writer."""
         self.stopping.set()
+        self.service.wake_subscribers()
         await self.server.stop(grace)
         await asyncio.to_thread(self.service.stop)
 

@@ -1601,6 +1601,47 @@ class GetStatisticsResponse(_message.Message):
 Global___GetStatisticsResponse: _TypeAlias = GetStatisticsResponse  # noqa: Y015
 
 @_typing.final
+class GetEvidencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvidencesRequest: _TypeAlias = GetEvidencesRequest  # noqa: Y015
+
+@_typing.final
+class GetEvidencesResponse(_message.Message):
+    """Every evidence about one message, in log order, for its sender, a recipient or a relay."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVIDENCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evidences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evidence]: ...
+    def __init__(
+        self,
+        *,
+        evidences: _abc.Iterable[Global___Evidence] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidences", b"evidences"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvidencesResponse: _TypeAlias = GetEvidencesResponse  # noqa: Y015
+
+@_typing.final
 class GetTreeHeadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

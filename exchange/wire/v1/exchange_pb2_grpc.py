@@ -70,6 +70,11 @@ class HubStub:
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetDirectoryRequest.SerializeToString,
                 response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SignedDirectory.FromString,
                 _registered_method=True)
+        self.GetEvidences = channel.unary_unary(
+                '/exchange.v1.Hub/GetEvidences',
+                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetEvidencesRequest.SerializeToString,
+                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetEvidencesResponse.FromString,
+                _registered_method=True)
         self.GetStatistics = channel.unary_unary(
                 '/exchange.v1.Hub/GetStatistics',
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetStatisticsRequest.SerializeToString,
@@ -146,6 +151,13 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEvidences(self, request, context):
+        """Every evidence the hub signed about a message (the sender's proof of what happened).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatistics(self, request, context):
         """Statistics computed from the exchange log.
         """
@@ -211,6 +223,11 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.GetDirectory,
                     request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetDirectoryRequest.FromString,
                     response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SignedDirectory.SerializeToString,
+            ),
+            'GetEvidences': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvidences,
+                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetEvidencesRequest.FromString,
+                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetEvidencesResponse.SerializeToString,
             ),
             'GetStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatistics,
@@ -423,6 +440,33 @@ class Hub:
             '/exchange.v1.Hub/GetDirectory',
             exchange_dot_wire_dot_v1_dot_exchange__pb2.GetDirectoryRequest.SerializeToString,
             exchange_dot_wire_dot_v1_dot_exchange__pb2.SignedDirectory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvidences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.Hub/GetEvidences',
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.GetEvidencesRequest.SerializeToString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.GetEvidencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,8 @@ class HubStub:
     """A provider grants a permission it signed."""
     GetDirectory: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetDirectoryRequest, _exchange_pb2.SignedDirectory]
     """The hub-signed directory: units, status, channels, certificates, revocations."""
+    GetEvidences: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetEvidencesRequest, _exchange_pb2.GetEvidencesResponse]
+    """Every evidence the hub signed about a message (the sender's proof of what happened)."""
     GetStatistics: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetStatisticsRequest, _exchange_pb2.GetStatisticsResponse]
     """Statistics computed from the exchange log."""
     GetTreeHead: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetTreeHeadRequest, _exchange_pb2.SignedTreeHead]
@@ -84,6 +86,8 @@ class HubAsyncStub(HubStub):
     """A provider grants a permission it signed."""
     GetDirectory: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetDirectoryRequest, _exchange_pb2.SignedDirectory]  # type: ignore[assignment]
     """The hub-signed directory: units, status, channels, certificates, revocations."""
+    GetEvidences: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetEvidencesRequest, _exchange_pb2.GetEvidencesResponse]  # type: ignore[assignment]
+    """Every evidence the hub signed about a message (the sender's proof of what happened)."""
     GetStatistics: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetStatisticsRequest, _exchange_pb2.GetStatisticsResponse]  # type: ignore[assignment]
     """Statistics computed from the exchange log."""
     GetTreeHead: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetTreeHeadRequest, _exchange_pb2.SignedTreeHead]  # type: ignore[assignment]
@@ -153,6 +157,14 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_exchange_pb2.SignedDirectory, _abc.Awaitable[_exchange_pb2.SignedDirectory]]:
         """The hub-signed directory: units, status, channels, certificates, revocations."""
+
+    @_abc_1.abstractmethod
+    def GetEvidences(
+        self,
+        request: _exchange_pb2.GetEvidencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.GetEvidencesResponse, _abc.Awaitable[_exchange_pb2.GetEvidencesResponse]]:
+        """Every evidence the hub signed about a message (the sender's proof of what happened)."""
 
     @_abc_1.abstractmethod
     def GetStatistics(
