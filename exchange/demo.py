@@ -396,11 +396,11 @@ def report(demo: Demo) -> None:
         )
     c.print(table)
     for unit in ("RS.CTU", "AL.CTD"):
-        figure = figures.get(unit)
-        if figure:
+        if unit in figures:
+            mine = figures[unit]
             c.print(
-                f"{unit}: {figure.exchanged} messages exchanged ({figure.received} received, "
-                f"{figure.sent} sent)."
+                f"{unit}: {mine.exchanged} messages exchanged ({mine.received} received, "
+                f"{mine.sent} sent)."
             )
 
     audit = audit_log(
