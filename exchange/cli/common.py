@@ -33,7 +33,9 @@ ExerciseStartOption = Annotated[
 ]
 SpeedOption = Annotated[
     float,
-    typer.Option("--speed", envvar="EXCHANGE_SPEED", min=0, help="Exercise clock speed (0: frozen)."),
+    typer.Option(
+        "--speed", envvar="EXCHANGE_SPEED", min=0, help="Exercise clock speed (0: frozen)."
+    ),
 ]
 
 

@@ -26,13 +26,20 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that each group module stays independent of the others.
-    from exchange.cli import bench, db, envelope, hub, pki
+    from exchange.cli import bench, db, demo, envelope, hub, log, pki
 
     app.add_typer(pki.app, name="pki")
+    app.add_typer(log.app, name="log")
     app.add_typer(envelope.app, name="envelope")
     app.add_typer(hub.app, name="hub")
     app.add_typer(db.app, name="db")
     app.add_typer(bench.app, name="bench")
+    app.command("demo")(demo.demo_command)
+
+    from exchange.cli import messages, node
+
+    app.add_typer(node.app, name="node")
+    messages.register(app)
 
 
 _register()
@@ -41,7 +48,9 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, a command's `raise typer.Exit(n)` comes back as the
+        # return value, not as an exception.
+        returned = app(args=argv, standalone_mode=False)
     except Exit as done:
         return done.exit_code
     except Abort:
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExchangeError as error:
         print_error(str(error), code=error.code)
         return error.exit_code
-    return 0
+    return returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
 
 
 def run() -> None:
