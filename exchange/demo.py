@@ -333,6 +333,15 @@ def script(demo: Demo, examples: Path) -> None:
         for e in status.get("evidences", [])
     ]
     demo.note("AL.CTD", f"{request[:8]}: " + " -> ".join(chain))
+    proven = all(e.get("in_log") for e in status.get("evidences", []))
+    size = status.get("log", {}).get("tree_size")
+    demo.note(
+        "AL.CTD",
+        f"each evidence {'proven' if proven else 'NOT proven'} in the hub's signed log "
+        f"({size} entries), exit {status['exit_code']}",
+    )
+    if not proven or status["exit_code"] != 0:
+        raise DemoFailed("the evidence chain of the request is not proven in the log")
 
 
 def settle(demo: Demo) -> None:

@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from exchange.logs import get_logger
 from exchange.pki import load_directory, load_keyring, load_tls_material
 from nodes.client import HubCallFailed, HubClient
 from nodes.inbox import micros, receive
+from nodes.log_watch import HeadCheck, check_newest_head
 from nodes.store import NodeStore, OutboxRow, OutboxState
 from nodes.verification import check_evidence, verify_signed_directory
 
@@ -91,6 +93,8 @@ class NodeConfig:
     poll_seconds: float = 0.5
     backoff_base: float = 0.2
     backoff_cap: float = 5.0
+    #: how often the hub's newest signed tree head is fetched and checked
+    log_check_seconds: float = 30.0
 
 
 async def submit_item(
@@ -151,6 +155,24 @@ async def submit_item(
     rules = sorted({v.rule for v in view.violations})
     bound.info("hub answered", outcome=view.kind.value, log_index=view.log_index, rules=rules)
     return OutboxState.ACCEPTED if view.kind is EvidenceKind.ACCEPTED else OutboxState.REFUSED
+
+
+async def watch_log_once(
+    client: HubClient, store: NodeStore, directory: Directory, now: datetime
+) -> HeadCheck:
+    """Fetch and check the hub's newest head; keep it, or keep the proof it contradicts ours."""
+    checked = await check_newest_head(
+        kept=await asyncio.to_thread(store.kept_tree_head),
+        fetch_head=client.get_tree_head,
+        fetch_consistency=client.consistency_proof,
+        directory=directory,
+        now=now,
+    )
+    if checked.misbehaviour is not None:
+        await asyncio.to_thread(store.record_misbehaviour, checked.misbehaviour.to_json())
+    else:
+        await asyncio.to_thread(store.keep_tree_head, checked.kept)
+    return checked
 
 
 async def send_pending_acks(
@@ -246,7 +268,9 @@ class NodeAgent:
             asyncio.create_task(self._guard("inbox", self._inbox_loop, client)),
             asyncio.create_task(self._guard("acks", self._ack_loop, client)),
             asyncio.create_task(self._guard("directory", self._directory_task, client)),
+            asyncio.create_task(self._guard("log", self._log_task, client)),
         ]
+        await asyncio.to_thread(self.store.save_hub_address, self.config.hub)
         try:
             await stop.wait()
         finally:
@@ -354,6 +378,22 @@ class NodeAgent:
             except HubCallFailed:
                 delay = backoff.next()
             await self._pause(self._wake_acks, delay)
+
+    # ---------------------------------------------------------------- the hub's log
+
+    async def _log_task(self, client: HubClient) -> None:
+        """Keep the newest signed tree head; check every newer one for consistency."""
+        while True:
+            failure: ExchangeError | None = None
+            try:
+                await watch_log_once(client, self.store, self.directory, self.clock.now())
+            except HubCallFailed:
+                pass  # the hub is away; the next round asks again
+            except ExchangeError as error:
+                failure = error
+            if failure is not None:
+                log.error("the hub's tree head does not verify", code=failure.code)
+            await asyncio.sleep(self.config.log_check_seconds)
 
     # ---------------------------------------------------------------- directory
 

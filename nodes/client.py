@@ -180,3 +180,41 @@ class HubClient:
             return await self._stub.GetDirectory(pb.GetDirectoryRequest(), timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             raise HubCallFailed.of(error) from None
+
+    async def get_evidences(self, message_id: str) -> list[pb.Evidence]:
+        """Every evidence the hub signed about a message of ours (sent or received)."""
+        try:
+            response = await self._stub.GetEvidences(
+                pb.GetEvidencesRequest(message_id=message_id), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise HubCallFailed.of(error) from None
+        return list(response.evidences)
+
+    async def get_tree_head(self) -> pb.SignedTreeHead:
+        """The hub's newest signed tree head of the exchange log."""
+        try:
+            return await self._stub.GetTreeHead(pb.GetTreeHeadRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise HubCallFailed.of(error) from None
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        """The proof that log entry ``index`` is in the tree of ``tree_size`` entries."""
+        try:
+            proof = await self._stub.GetInclusionProof(
+                pb.GetInclusionProofRequest(index=index, tree_size=tree_size), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise HubCallFailed.of(error) from None
+        return list(proof.hashes)
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """The proof that the tree of ``old_size`` entries is a prefix of ``new_size``."""
+        try:
+            proof = await self._stub.GetConsistencyProof(
+                pb.GetConsistencyProofRequest(old_size=old_size, new_size=new_size),
+                timeout=self.timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise HubCallFailed.of(error) from None
+        return list(proof.hashes)

@@ -26,6 +26,7 @@ column changes, they will get their own Alembic environment.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +305,29 @@ class NodeStore:
     def save_signed_directory(self, data: bytes) -> None:
         """Keep the hub's signed directory (verify it first)."""
         self._set("directory", data)
+
+    def hub_address(self) -> str | None:
+        """The hub the node last ran against."""
+        value = self._get("hub")
+        return value.decode() if value is not None else None
+
+    def save_hub_address(self, address: str) -> None:
+        self._set("hub", address.encode())
+
+    def kept_tree_head(self) -> bytes | None:
+        """The newest signed tree head of the hub's log this node has checked."""
+        return self._get("tree_head")
+
+    def keep_tree_head(self, signed: bytes) -> None:
+        self._set("tree_head", signed)
+
+    def misbehaviours(self) -> list[dict[str, Any]]:
+        """Proofs that the hub's log contradicted itself, as JSON records (never dropped)."""
+        value = self._get("misbehaviour")
+        return list(json.loads(value)) if value is not None else []
+
+    def record_misbehaviour(self, record: dict[str, Any]) -> None:
+        self._set("misbehaviour", json.dumps([*self.misbehaviours(), record]).encode())
 
     # ---------------------------------------------------------------- outbox
 

@@ -39,7 +39,7 @@ from exchange.files import read_input, write_atomic
 from exchange.logs import get_logger
 from exchange.pki import load_directory, load_keyring, load_tls_material
 from exchange.wire.v1 import exchange_pb2 as pb
-from nodes.agent import OUTCOME_KINDS, send_pending_acks, submit_item
+from nodes.agent import OUTCOME_KINDS, send_pending_acks, submit_item, watch_log_once
 from nodes.client import HubCallFailed, HubClient
 from nodes.compose import (
     HeaderFlags,
@@ -50,6 +50,7 @@ from nodes.compose import (
     reply_header,
 )
 from nodes.inbox import hand_on, micros, open_item, read_item
+from nodes.log_watch import prove_inclusion
 from nodes.store import InboxRow, NodeStore, OutboxRow, OutboxState
 from nodes.verification import check_evidence, relayed_units, verify_signed_directory
 
@@ -902,10 +903,40 @@ def permit_command(
 # ------------------------------------------------------------------------- status
 
 
+async def _from_hub(
+    client: HubClient, store: NodeStore, message_id: str, directory: Directory, now: datetime
+) -> dict[str, Any]:
+    """Fetch the message's evidences and the hub's newest head; prove each in the log."""
+    for evidence in await client.get_evidences(message_id):
+        store.add_evidence(verify_evidence(evidence, directory, now))
+    checked = await watch_log_once(client, store, directory, now)
+    proven: dict[int, bool] = {}
+    for record in store.evidences(message_id):
+        view = verify_evidence(pb.Evidence.FromString(record.evidence), directory, now)
+        proven[view.log_index] = await prove_inclusion(view, checked.head, client.inclusion_proof)
+    return {
+        "tree_size": checked.head.size,
+        "root_hash": checked.head.root_hash.hex(),
+        "proven": proven,
+    }
+
+
 def status_command(
     message_id: MessageIdArgument,
     unit: AsOption,
     home: HomeOption = None,
+    hub: Annotated[
+        str | None,
+        typer.Option(
+            "--hub",
+            envvar="EXCHANGE_HUB",
+            help="Fetch the evidence chain and log proofs from this hub (default: the node's).",
+        ),
+    ] = None,
+    hub_name: HubNameOption = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Show only what the node holds; ask no hub.")
+    ] = False,
     certs: CertsOption = DEFAULT_CERTS,
     exercise_start: ExerciseStartOption = None,
     speed: SpeedOption = 1.0,
@@ -929,6 +960,28 @@ def status_command(
     received = store.inbox_item(message_id, unit)
     if sent is None and received is None:
         raise InputError(f"{unit} has no message {message_id} in the node at {home}")
+    address = None if offline else hub or store.hub_address()
+    log_check: dict[str, Any] | None = None
+    if address:
+        connection_unit = store.unit or unit
+        try:
+            log_check = asyncio.run(
+                _with_client(
+                    address,
+                    certs,
+                    connection_unit,
+                    hub_name,
+                    lambda client: _from_hub(client, store, message_id, directory, now),
+                )
+            )
+        except HubCallFailed as error:
+            if not error.retryable:
+                raise
+            console.print(
+                f"[yellow]the hub at {address} is not reachable[/]: showing what the node holds",
+                highlight=False,
+            )
+    alarms = store.misbehaviours()
     chain: list[dict[str, Any]] = []
     failures = 0
     for record in store.evidences(message_id):
@@ -938,6 +991,8 @@ def status_command(
             "hub_time": iso_us(record.hub_time_us),
             "log_index": record.log_index,
         }
+        if log_check is not None:
+            entry["in_log"] = log_check["proven"].get(record.log_index, False)
         try:
             view = verify_evidence(pb.Evidence.FromString(record.evidence), directory, now)
             entry["verified"] = True
@@ -948,6 +1003,10 @@ def status_command(
             entry["error"] = f"[{error.code}] {error.message}"
         chain.append(entry)
     result: dict[str, Any] = {"message_id": message_id, "unit": unit, "evidences": chain}
+    if log_check is not None:
+        result["log"] = {"tree_size": log_check["tree_size"], "root_hash": log_check["root_hash"]}
+    if alarms:
+        result["log_alarm"] = alarms
     if sent is not None:
         result["outbox"] = {
             "state": sent.state,
@@ -983,7 +1042,7 @@ def status_command(
                 highlight=False,
             )
         table = Table(title=f"Evidences for {message_id}")
-        for column in ("evidence", "unit", "hub time", "log entry", "signature", "rules"):
+        for column in ("evidence", "unit", "hub time", "log entry", "signature", "in log", "rules"):
             table.add_column(column)
         for entry in chain:
             rules = ", ".join(
@@ -996,10 +1055,27 @@ def status_command(
                 str(entry["hub_time"]),
                 str(entry["log_index"]),
                 "[green]verified[/]" if entry["verified"] else f"[red]{entry['error']}[/]",
+                "-"
+                if "in_log" not in entry
+                else ("[green]proven[/]" if entry["in_log"] else "[red]not proven[/]"),
                 rules,
             )
         console.print(table)
-    if failures:
+        if log_check is not None:
+            console.print(
+                f"checked against the hub's signed tree head of {log_check['tree_size']} "
+                f"entries (root {log_check['root_hash'][:16]}...)",
+                highlight=False,
+            )
+        for alarm in alarms:
+            console.print(
+                f"[bold red]ALARM[/]: the hub's log contradicts itself ({alarm['kind']}): heads "
+                f"of {alarm['first']['size']} and {alarm['second']['size']} entries; both "
+                f"signed heads are kept in the node store as proof",
+                highlight=False,
+            )
+    unproven = log_check is not None and not all(e.get("in_log") for e in chain)
+    if failures or alarms or unproven:
         raise typer.Exit(3)
 
 
