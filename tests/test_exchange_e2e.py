@@ -188,7 +188,12 @@ def test_message_is_delivered_read_and_every_evidence_verifies(
     code, status = cli.json("status", message_id, "--as", "AL.CTD", "--home", albania.config.home)
     assert code == 0
     assert status["outbox"]["state"] == "accepted"
-    assert [(e["kind"], e["verified"]) for e in status["evidences"]] == [("accepted", True)]
+    # the sender fetches the whole chain from the hub, each evidence proven in the log
+    assert [(e["kind"], e["verified"], e["in_log"]) for e in status["evidences"]] == [
+        ("accepted", True, True),
+        ("delivered", True, True),
+        ("read", True, True),
+    ]
 
     # the text form shows the same chain
     code, out, _ = cli("status", message_id, "--as", "EU.EUROPOL", "--home", europol.config.home)
