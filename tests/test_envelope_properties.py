@@ -60,6 +60,10 @@ def test_any_single_flipped_bit_is_refused(
     bit = data.draw(st.integers(0, 7))
     flipped = raw[:index] + bytes([raw[index] ^ (1 << bit)]) + raw[index + 1 :]
     reader = header.recipients[0]
-    with pytest.raises(ExchangeError):
+
+    def receive() -> None:
         envelope = SealedEnvelope.from_bytes(flipped)
         open_envelope(envelope, keyring=IDS.keyrings[reader], directory=IDS.directory, now=NOW)
+
+    with pytest.raises(ExchangeError):
+        receive()
