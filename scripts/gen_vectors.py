@@ -155,7 +155,8 @@ def negative_cases(envelope: SealedEnvelope) -> list[dict[str, str]]:
         }
         for name, case, code in cases
     ]
-    out.append({"name": "truncated", "envelope": envelope.raw[:100].hex(), "error": "ENV-MALFORMED"})
+    truncated = envelope.raw[:100].hex()
+    out.append({"name": "truncated", "envelope": truncated, "error": "ENV-MALFORMED"})
     return out
 
 

@@ -53,9 +53,19 @@ def seal_file(files: Path, certs: Path, *extra: str) -> Path:
     out = files / "m.env"
     code = main(
         [
-            "envelope", "seal", "--from", "AL.CTD", "--certs", str(certs),
-            "--header", str(files / "h.json"), "--body", str(files / "b.json"),
-            "--out", str(out), *extra,
+            "envelope",
+            "seal",
+            "--from",
+            "AL.CTD",
+            "--certs",
+            str(certs),
+            "--header",
+            str(files / "h.json"),
+            "--body",
+            str(files / "b.json"),
+            "--out",
+            str(out),
+            *extra,
         ]
     )
     assert code == 0
@@ -67,14 +77,29 @@ def test_seal_verify_open_show(
 ) -> None:
     envelope = seal_file(files, dev_pki)
     capsys.readouterr()
-    assert main(["envelope", "verify", str(envelope), "--certs", str(dev_pki), "--format", "json"]) == 0
+    assert (
+        main(["envelope", "verify", str(envelope), "--certs", str(dev_pki), "--format", "json"])
+        == 0
+    )
     verified = json.loads(capsys.readouterr().out)
     assert verified["valid"] and verified["suite"] == "hybrid-pq-2026"
     out = files / "opened.json"
-    assert main(
-        ["envelope", "open", str(envelope), "--as", "EU.EUROPOL", "--certs", str(dev_pki),
-         "--out", str(out)]
-    ) == 0
+    assert (
+        main(
+            [
+                "envelope",
+                "open",
+                str(envelope),
+                "--as",
+                "EU.EUROPOL",
+                "--certs",
+                str(dev_pki),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     opened = json.loads(out.read_text())
     assert opened["text"] == SECRET_TEXT
     attachment = opened["attachments"][0]
@@ -86,10 +111,15 @@ def test_seal_verify_open_show(
     assert SECRET_TEXT not in json.dumps(shown)
 
 
-def test_classic_suite_can_be_asked_for(files: Path, dev_pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_classic_suite_can_be_asked_for(
+    files: Path, dev_pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     envelope = seal_file(files, dev_pki, "--suite", "classic-2026")
     capsys.readouterr()
-    assert main(["envelope", "verify", str(envelope), "--certs", str(dev_pki), "--format", "json"]) == 0
+    assert (
+        main(["envelope", "verify", str(envelope), "--certs", str(dev_pki), "--format", "json"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["suite"] == "classic-2026"
 
 
@@ -105,11 +135,22 @@ def test_tampered_file_exits_3_naming_the_check(
     assert "ENV-DIGEST-MISMATCH" in capsys.readouterr().err
 
 
-def test_unlisted_unit_cannot_open(files: Path, dev_pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unlisted_unit_cannot_open(
+    files: Path, dev_pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     envelope = seal_file(files, dev_pki)
     code = main(
-        ["envelope", "open", str(envelope), "--as", "RS.CTU", "--certs", str(dev_pki),
-         "--out", str(files / "x.json")]
+        [
+            "envelope",
+            "open",
+            str(envelope),
+            "--as",
+            "RS.CTU",
+            "--certs",
+            str(dev_pki),
+            "--out",
+            str(files / "x.json"),
+        ]
     )
     assert code == 3
     assert "ENV-NOT-RECIPIENT" in capsys.readouterr().err
@@ -127,7 +168,9 @@ def test_garbage_file_exits_2_without_traceback(
     assert "ENV-MALFORMED" in err and "Traceback" not in err
 
 
-def test_missing_file_exits_2(tmp_path: Path, dev_pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_exits_2(
+    tmp_path: Path, dev_pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["envelope", "verify", str(tmp_path / "nope.env"), "--certs", str(dev_pki)]) == 2
     assert "no such envelope file" in capsys.readouterr().err
 
@@ -138,9 +181,20 @@ def test_bad_header_names_file_line_and_field(
     broken = dict(HEADER, channel="CTX")
     (files / "h.json").write_text(json.dumps(broken, indent=2))
     code = main(
-        ["envelope", "seal", "--from", "AL.CTD", "--certs", str(dev_pki),
-         "--header", str(files / "h.json"), "--body", str(files / "b.json"),
-         "--out", str(files / "m.env")]
+        [
+            "envelope",
+            "seal",
+            "--from",
+            "AL.CTD",
+            "--certs",
+            str(dev_pki),
+            "--header",
+            str(files / "h.json"),
+            "--body",
+            str(files / "b.json"),
+            "--out",
+            str(files / "m.env"),
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -155,8 +209,19 @@ def test_sealed_round_trip_never_logs_the_body(
 
     configure(level="DEBUG", json=True)
     envelope = seal_file(files, dev_pki)
-    main(["envelope", "open", str(envelope), "--as", "EU.EUROPOL", "--certs", str(dev_pki),
-          "--out", str(files / "o.json")])
+    main(
+        [
+            "envelope",
+            "open",
+            str(envelope),
+            "--as",
+            "EU.EUROPOL",
+            "--certs",
+            str(dev_pki),
+            "--out",
+            str(files / "o.json"),
+        ]
+    )
     captured = capfd.readouterr()
     logged = captured.err + captured.out
     assert "envelope sealed" in logged and "envelope opened" in logged

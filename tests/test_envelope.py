@@ -207,7 +207,9 @@ def test_expired_signer_is_refused(ids: Identities) -> None:
 
 
 def test_unknown_signer_is_refused(ids: Identities) -> None:
-    stranger = make_identities(["AL.CTD"], not_before=NOW - timedelta(1), not_after=NOW + timedelta(1))
+    stranger = make_identities(
+        ["AL.CTD"], not_before=NOW - timedelta(1), not_after=NOW + timedelta(1)
+    )
     header, body = sample_message(64, 1)
     forged = seal(
         header,
@@ -314,7 +316,8 @@ def test_classic_rewrap_for_hybrid_only_recipient_is_refused(ids: Identities) ->
         keys={
             **ids.directory.keys,
             "DE.ENU": tuple(
-                dataclasses.replace(k, suites=frozenset(SUITES)) for k in ids.directory.keys["DE.ENU"]
+                dataclasses.replace(k, suites=frozenset(SUITES))
+                for k in ids.directory.keys["DE.ENU"]
             ),
         },
     )
@@ -336,7 +339,9 @@ def test_minimum_suite_refuses_classic(ids: Identities) -> None:
 
 
 def test_rotated_key_still_opens_old_message() -> None:
-    old = make_identities(["AL.CTD", "EU.EUROPOL"], not_before=NOW - timedelta(1), not_after=NOW + timedelta(30))
+    old = make_identities(
+        ["AL.CTD", "EU.EUROPOL"], not_before=NOW - timedelta(1), not_after=NOW + timedelta(30)
+    )
     envelope = sealed(old)
     new = make_identities(["EU.EUROPOL"], not_before=NOW, not_after=NOW + timedelta(60))
     # the directory lists the new keys first, the old ones after; the keyring holds both
@@ -353,7 +358,9 @@ def test_rotated_key_still_opens_old_message() -> None:
             **old.keyrings["EU.EUROPOL"].private_keys,
         },
     )
-    assert open_envelope(envelope, keyring=keyring, directory=directory, now=NOW).envelope is envelope
+    assert (
+        open_envelope(envelope, keyring=keyring, directory=directory, now=NOW).envelope is envelope
+    )
     header, body = sample_message(64, 1)
     fresh = seal(header, body, keyring=old.keyrings["AL.CTD"], directory=directory, now=NOW)
     new_ids = {k.key_id for k in new.directory.keys["EU.EUROPOL"]}
@@ -378,7 +385,9 @@ def test_forward_keeps_provider_signature_and_digest(ids: Identities) -> None:
     )
     received = SealedEnvelope.from_bytes(forward.raw)
     verify(received, ids.directory, NOW)
-    reread = open_envelope(received, keyring=ids.keyrings["RS.CTU"], directory=ids.directory, now=NOW)
+    reread = open_envelope(
+        received, keyring=ids.keyrings["RS.CTU"], directory=ids.directory, now=NOW
+    )
     assert reread.body == opened.body
     assert reread.provider == "AL.CTD"
     assert received.sender == "EU.EUROPOL"

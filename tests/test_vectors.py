@@ -16,7 +16,9 @@ VECTORS = sorted((ROOT / "tests" / "vectors").glob("envelope-*.json"))
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_vectors", ROOT / "scripts" / "gen_vectors.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_vectors", ROOT / "scripts" / "gen_vectors.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -37,7 +39,9 @@ def test_a_vector_exists_for_every_suite(gen: ModuleType) -> None:
 @pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
 def test_vector_has_not_drifted(gen: ModuleType, path: Path) -> None:
     vector = json.loads(path.read_text())
-    assert gen.check_vector(vector, gen.identities()) == [], "run `make vectors` and review the diff"
+    assert gen.check_vector(vector, gen.identities()) == [], (
+        "run `make vectors` and review the diff"
+    )
 
 
 @pytest.mark.parametrize(

@@ -41,8 +41,20 @@ def test_every_header_field_of_the_json_contract_is_on_the_wire() -> None:
 
     wire_fields = set(pb.Header.DESCRIPTOR.fields_by_name)
     contract = {
-        "id", "kind", "sender", "to", "cc", "channel", "crime_area", "purpose", "priority",
-        "in_reply_to", "classification", "handling", "evaluation", "subjects",
+        "id",
+        "kind",
+        "sender",
+        "to",
+        "cc",
+        "channel",
+        "crime_area",
+        "purpose",
+        "priority",
+        "in_reply_to",
+        "classification",
+        "handling",
+        "evaluation",
+        "subjects",
     }
     renamed = {"case": "case_id"}
     assert contract <= wire_fields
@@ -54,6 +66,12 @@ def test_hub_service_offers_every_rpc_the_design_names() -> None:
 
     methods = set(pb.DESCRIPTOR.services_by_name["Hub"].methods_by_name)
     assert {
-        "Submit", "Subscribe", "Acknowledge", "Forward", "RequestPermission",
-        "GrantPermission", "GetDirectory", "GetStatistics",
+        "Submit",
+        "Subscribe",
+        "Acknowledge",
+        "Forward",
+        "RequestPermission",
+        "GrantPermission",
+        "GetDirectory",
+        "GetStatistics",
     } <= methods
