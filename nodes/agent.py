@@ -276,7 +276,9 @@ class NodeAgent:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _done, stuck = await asyncio.wait(tasks, timeout=10)
+            if stuck:
+                log.warning("node tasks did not stop in time", tasks=len(stuck))
             await client.close()
             self.store.close()
             log.info("node stopped")
@@ -296,8 +298,11 @@ class NodeAgent:
                 await asyncio.sleep(self.config.backoff_cap)
 
     async def _pause(self, wake: asyncio.Event, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that arrives as the wake-up does, and the node would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await wake.wait()
         wake.clear()
 
     # ---------------------------------------------------------------- outbox

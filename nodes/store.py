@@ -46,7 +46,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -263,7 +263,7 @@ class NodeStore:
         store = cls(make_engine(f"sqlite:///{path}"), home)
         try:
             NODE_METADATA.create_all(store.engine)
-        except OperationalError as error:
+        except DatabaseError as error:  # not SQLite, unreadable, locked for too long
             raise InputError(f"{path}: cannot open the node store ({error.orig})") from None
         recorded = store.unit
         if recorded is None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from google.protobuf.message import DecodeError
 
 from exchange.core.evidence import HUB_UNIT, EvidenceKind, EvidenceView, verify_evidence
-from exchange.core.evidence import SIGNED_PREFIX as EVIDENCE_PREFIX
+from exchange.core.evidence import DIRECTORY_PREFIX
 from exchange.core.keys import Directory, SigningPublicKey
 from exchange.core.suites import verify_signature
 from exchange.errors import BadSignature, EnvelopeError, MalformedEnvelope
@@ -68,7 +68,7 @@ def verify_signed_directory(
     for signature in signed.signatures:
         cert = directory.key(HUB_UNIT, signature.key_id, now)
         public: SigningPublicKey = cert.public_key  # type: ignore[assignment]
-        if not verify_signature(public, signature.value, EVIDENCE_PREFIX + signed.directory):
+        if not verify_signature(public, signature.value, DIRECTORY_PREFIX + signed.directory):
             raise BadSignature("the hub's signature on the directory does not verify")
     parsed = pb.Directory()
     try:

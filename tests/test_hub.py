@@ -264,12 +264,12 @@ def test_directory_is_signed_by_the_hub(hub: Hub) -> None:
     signed = hub.stub("AL.CTD").GetDirectory(pb.GetDirectoryRequest(), timeout=TIMEOUT)
     evidence = pb.Evidence(statement=signed.directory, signatures=signed.signatures)
     directory_keys = load_directory(hub.certs)
-    from exchange.core.evidence import SIGNED_PREFIX
+    from exchange.core.evidence import DIRECTORY_PREFIX
     from exchange.core.suites import verify_signature
 
     key = directory_keys.key("HUB", evidence.signatures[0].key_id, datetime.now(UTC))
     assert verify_signature(
-        key.public_key, evidence.signatures[0].value, SIGNED_PREFIX + signed.directory
+        key.public_key, evidence.signatures[0].value, DIRECTORY_PREFIX + signed.directory
     )  # type: ignore[arg-type]
     listing = pb.Directory.FromString(signed.directory)
     units = {u.id: u for u in listing.units}

@@ -6,6 +6,10 @@ subscribe to their deliveries, acknowledging each as a node does. In the same ru
 plain unary echo server with the same TLS certificates takes the same payloads over the
 same kind of channels at the same concurrency: the ratio of the two is the figure to
 compare, since absolute rates move with whatever else runs on the machine.
+
+Beside the rates, the CPU time the hub (and this load generator) used per message, and
+the echo server (and client) per call: on a shared machine those move far less than the
+rates do, so they tell whether a change made the hub cheaper.
 """
 
 from __future__ import annotations
@@ -13,25 +17,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from exchange.bench.echo import ECHO_METHOD
 from exchange.bench.envelope import sample_message
 from exchange.core.envelope import seal
 from exchange.core.suites import suite_by_id
 from exchange.core.vocab import Channel
+from exchange.hub.server import raise_open_files_limit
 from exchange.pki import Validity, init_pki, load_directory, load_keyring, load_tls_material
+from exchange.pki.authority import CertificateAuthority, locked
+from exchange.pki.files import write_certificate, write_private_key
+from exchange.pki.layout import PkiLayout, Role
 from exchange.wire.v1 import exchange_pb2 as pb
 from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -59,11 +69,48 @@ def write_registry(folder: Path, units: list[str]) -> None:
     (folder / "policy.yaml").write_text(POLICY)
 
 
+class _RegisterOnceAuthority(CertificateAuthority):
+    """The CA, writing its register once at the end rather than after every certificate."""
+
+    def save_state(self) -> None:
+        pass
+
+
+def provision_idle_nodes(certs: Path, units: list[str]) -> None:
+    """TLS identities for idle nodes: all a node needs to authenticate and subscribe.
+
+    ``init_pki`` would also make every unit's keys, and it rewrites the CA register
+    after each certificate (quadratic: minutes for a thousand units). An idle node
+    sends and opens nothing, so it gets a TLS certificate of its own only, all of them
+    on one reused ECDSA key, and the register is written once.
+    """
+    layout = PkiLayout(certs)
+    start, end = Validity.of(None).tls()
+    key = ec.generate_private_key(ec.SECP256R1())
+    with locked(layout):
+        ca = _RegisterOnceAuthority.open(layout)
+        for unit in units:
+            write_private_key(layout.key_path(unit, Role.TLS), key)
+            certificate = ca.issue(
+                unit, Role.TLS, key.public_key(), not_before=start, not_after=end
+            )
+            write_certificate(layout.cert_path(unit, Role.TLS), certificate)
+        CertificateAuthority.save_state(ca)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far, from /proc (0.0 if unknown)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def rss_mb(pid: int) -> float:
@@ -80,6 +127,7 @@ class Process:
 
     def __init__(self, args: list[str], port_file: Path, env: dict[str, str]) -> None:
         self.port_file = port_file
+        self.args = args
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
 
     def wait_port(self, timeout: float = 60.0) -> int:
@@ -88,7 +136,7 @@ class Process:
             if self.port_file.exists() and self.port_file.read_text().strip():
                 return int(self.port_file.read_text())
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.proc.args[:3]} exited with {self.proc.returncode}")
+                raise RuntimeError(f"{self.args[:3]} exited with {self.proc.returncode}")
             time.sleep(0.05)
         raise RuntimeError("the process did not start in time")
 
@@ -114,6 +162,12 @@ def channel_for(certs: Path, unit: str, port: int) -> grpc.aio.Channel:
         credentials,
         options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
     )
+
+
+async def connected(channels: Iterable[grpc.aio.Channel]) -> None:
+    """Wait until every channel is connected: a node keeps its connection open, so the
+    TLS handshakes are not part of what a submit (or an echo) costs."""
+    await asyncio.gather(*(c.channel_ready() for c in channels))
 
 
 async def run_concurrently(
@@ -184,30 +238,58 @@ def _env() -> dict[str, str]:
 
 
 async def _load(
-    prepared: Prepared, port: int, concurrency: int, rate: float | None
+    prepared: Prepared,
+    port: int,
+    concurrency: int,
+    rate: float | None,
+    hub_pid: int,
+    ack_window: int = 8,
 ) -> dict[str, Any]:
-    """Submit every envelope, receive and acknowledge every delivery; the figures."""
+    """Submit every envelope, receive and acknowledge every delivery; the figures.
+
+    Each node acknowledges as a node does: what it received is queued, and an
+    acknowledgement sender answers the hub beside the subscription (``ack_window``
+    acknowledgements in flight per node), so receiving never waits on acknowledging.
+    """
     channels = {u: channel_for(prepared.certs, u, port) for u in prepared.units}
+    await connected(channels.values())
     stubs = {u: pb_grpc.HubStub(c) for u, c in channels.items()}
     submitted_at: dict[str, float] = {}
     delivered_at: dict[str, float] = {}
+    acknowledged: set[str] = set()
     expected = len(prepared.envelopes)
     all_delivered = asyncio.Event()
+    all_acknowledged = asyncio.Event()
+    to_acknowledge: dict[str, asyncio.Queue[pb.Delivery]] = {
+        u: asyncio.Queue() for u in prepared.units
+    }
 
     async def subscriber(unit: str) -> None:
         stream = stubs[unit].Subscribe(pb.SubscribeRequest(cursor=0))
+        queue = to_acknowledge[unit]
         async for delivery in stream:
-            message_id = delivery.message_id
-            delivered_at.setdefault(message_id, time.perf_counter())
-            await stubs[unit].Acknowledge(
-                pb.AcknowledgeRequest(message_id=message_id, sequence=delivery.sequence)
-            )
+            delivered_at.setdefault(delivery.message_id, time.perf_counter())
+            queue.put_nowait(delivery)
             if len(delivered_at) >= expected:
                 all_delivered.set()
 
-    subscribers = [asyncio.create_task(subscriber(u)) for u in prepared.units]
+    async def acknowledger(unit: str) -> None:
+        queue, stub = to_acknowledge[unit], stubs[unit]
+        while True:
+            delivery = await queue.get()
+            await stub.Acknowledge(
+                pb.AcknowledgeRequest(message_id=delivery.message_id, sequence=delivery.sequence)
+            )
+            acknowledged.add(delivery.message_id)
+            if len(acknowledged) >= expected:
+                all_acknowledged.set()
+
+    nodes = [asyncio.create_task(subscriber(u)) for u in prepared.units] + [
+        asyncio.create_task(acknowledger(u)) for u in prepared.units for _ in range(ack_window)
+    ]
     accepted = 0
     interval = 1.0 / rate if rate else 0.0
+    hub_cpu, client_cpu = cpu_seconds(hub_pid), time.process_time()
     start = time.perf_counter()
 
     async def submit(item: tuple[int, tuple[str, str, bytes]]) -> float:
@@ -228,9 +310,13 @@ async def _load(
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_delivered.wait(), timeout=120)
     delivered_seconds = max(delivered_at.values(), default=start) - start
-    for task in subscribers:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_acknowledged.wait(), timeout=120)
+    acknowledged_seconds = time.perf_counter() - start
+    hub_cpu, client_cpu = cpu_seconds(hub_pid) - hub_cpu, time.process_time() - client_cpu
+    for task in nodes:
         task.cancel()
-    await asyncio.gather(*subscribers, return_exceptions=True)
+    await asyncio.gather(*nodes, return_exceptions=True)
     for channel in channels.values():
         await channel.close()
     end_to_end = [
@@ -240,19 +326,25 @@ async def _load(
         "messages": expected,
         "accepted": accepted,
         "delivered": len(delivered_at),
+        "acknowledged": len(acknowledged),
         "accepted_per_s": round(accepted / seconds, 1),
         "delivered_per_s": round(len(delivered_at) / delivered_seconds, 1)
         if delivered_seconds
         else 0.0,
+        "acknowledged_per_s": round(len(acknowledged) / acknowledged_seconds, 1),
         "submit_p50_ms": round(percentile(latencies, 0.50), 2),
         "submit_p99_ms": round(percentile(latencies, 0.99), 2),
         "submit_to_delivered_p99_ms": round(percentile(end_to_end, 0.99), 2),
+        # CPU per message (submit, delivery and acknowledgement), whatever else runs
+        "hub_cpu_ms_per_message": round(hub_cpu * 1000 / max(1, expected), 3),
+        "client_cpu_ms_per_message": round(client_cpu * 1000 / max(1, expected), 3),
     }
 
 
-async def _echo(prepared: Prepared, port: int, concurrency: int) -> float:
+async def _echo(prepared: Prepared, port: int, concurrency: int, pid: int) -> dict[str, float]:
     channels = {u: channel_for(prepared.certs, u, port) for u in prepared.units}
-    calls = {
+    await connected(channels.values())
+    calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {
         u: c.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)
         for u, c in channels.items()
     }
@@ -262,10 +354,17 @@ async def _echo(prepared: Prepared, port: int, concurrency: int) -> float:
         await calls[item[0]](item[2])
         return (time.perf_counter() - began) * 1000
 
+    server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
     seconds, _ = await run_concurrently(prepared.envelopes, concurrency, echo)
+    server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
     for channel in channels.values():
         await channel.close()
-    return round(len(prepared.envelopes) / seconds, 1)
+    count = max(1, len(prepared.envelopes))
+    return {
+        "echo_per_s": round(len(prepared.envelopes) / seconds, 1),
+        "echo_server_cpu_ms_per_call": round(server_cpu * 1000 / count, 3),
+        "echo_client_cpu_ms_per_call": round(client_cpu * 1000 / count, 3),
+    }
 
 
 async def _idle(certs: Path, units: list[str], port: int, pid: int) -> dict[str, Any]:
@@ -273,13 +372,20 @@ async def _idle(certs: Path, units: list[str], port: int, pid: int) -> dict[str,
     streams = [pb_grpc.HubStub(c).Subscribe(pb.SubscribeRequest()) for c in channels]
     # a stream is established once its initial metadata arrives
     await asyncio.gather(*(s.initial_metadata() for s in streams))
+    cpu = cpu_seconds(pid)
     await asyncio.sleep(2)
+    cpu = cpu_seconds(pid) - cpu
     rss = rss_mb(pid)
     for stream in streams:
         stream.cancel()
     for channel in channels:
         await channel.close()
-    return {"idle_nodes": len(units), "hub_rss_mb_idle_nodes": rss}
+    return {
+        "idle_nodes": len(units),
+        "hub_rss_mb_idle_nodes": rss,
+        # what holding the idle streams costs the hub (percent of one core)
+        "hub_cpu_percent_idle_nodes": round(cpu / 2 * 100, 1),
+    }
 
 
 def start_hub_process(root: Path, prepared: Prepared, url: str, name: str) -> Process:
@@ -317,9 +423,14 @@ def run(
     idle_nodes: int = 0,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the JSON document."""
+    raise_open_files_limit()  # the hub process inherits it
     with tempfile.TemporaryDirectory(prefix="exchange-bench-") as scratch:
         root = Path(scratch)
         prepared = prepare(root, nodes, messages, size, suite)
+        # the envelopes and keys stay to the end: keep full collections from walking
+        # them while latencies are measured (the hub does the same once started)
+        gc.collect()
+        gc.freeze()
         url = db_url or f"sqlite:///{root / 'hub.db'}"
         hub = start_hub_process(root, prepared, url, "hub")
         echo = Process(
@@ -337,14 +448,15 @@ def run(
         )
         try:
             hub_port, echo_port = hub.wait_port(), echo.wait_port()
-            loaded = asyncio.run(_load(prepared, hub_port, concurrency, None))
+            loaded = asyncio.run(_load(prepared, hub_port, concurrency, None, hub.proc.pid))
             loaded["hub_rss_mb"] = rss_mb(hub.proc.pid)
-            echo_per_s = asyncio.run(_echo(prepared, echo_port, concurrency))
+            echoed = asyncio.run(_echo(prepared, echo_port, concurrency, echo.proc.pid))
+            echo_per_s = echoed["echo_per_s"]
             half_rate = max(1.0, loaded["accepted_per_s"] / 2)
             half = dataclasses.replace(
-                prepared, envelopes=more_envelopes(prepared, int(half_rate * 4), size)
+                prepared, envelopes=more_envelopes(prepared, int(half_rate * 10), size)
             )
-            at_half = asyncio.run(_load(half, hub_port, concurrency, half_rate))
+            at_half = asyncio.run(_load(half, hub_port, concurrency, half_rate, hub.proc.pid))
             result: dict[str, Any] = {
                 "benchmark": "exchange",
                 "nodes": nodes,
@@ -353,7 +465,7 @@ def run(
                 "suite": suite,
                 "db": "postgresql" if url.startswith("postgresql") else "sqlite",
                 **loaded,
-                "echo_per_s": echo_per_s,
+                **echoed,
                 "ratio_accepted_to_echo": round(loaded["accepted_per_s"] / echo_per_s, 3),
                 "ratio_delivered_to_echo": round(loaded["delivered_per_s"] / echo_per_s, 3),
                 "half_rate_per_s": round(half_rate, 1),
@@ -364,7 +476,7 @@ def run(
                 # a fresh hub that knows the idle units too, so its memory is theirs alone
                 idle_units = unit_ids(idle_nodes, prefix="I")
                 write_registry(prepared.policies, prepared.units + idle_units)
-                init_pki(prepared.certs, idle_units, suites=(suite,))
+                provision_idle_nodes(prepared.certs, idle_units)
                 hub.stop()
                 hub = start_hub_process(root, prepared, url, "hub-idle")
                 result.update(

@@ -391,7 +391,8 @@ def send_command(
 
     The header comes from --header FILE (with --body FILE), or from flags: --to,
     --channel, --crime-area and the rest, with --text or --body FILE (the persons and
-    organisations of a body file are declared from it).
+    organisations of a body file are declared from it). With both --home and --hub, it
+    is queued and handed to the hub at once (the node sends it later if the hub is away).
     """
     check_unit(unit, "as")
     if home is None and hub is None:

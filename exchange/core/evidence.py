@@ -27,6 +27,8 @@ from exchange.wire.v1 import exchange_pb2 as pb
 
 HUB_UNIT = "HUB"
 SIGNED_PREFIX = b"exchange/v1/evidence\x00"
+#: what the hub's signature on its directory covers: this prefix, then the directory bytes
+DIRECTORY_PREFIX = b"exchange/v1/directory\x00"
 
 
 class EvidenceKind(StrEnum):
@@ -110,7 +112,8 @@ class EvidenceSigner:
     keyring: Keyring
     directory: Directory
 
-    def sign(self, statement: bytes, now: datetime) -> pb.Evidence:
+    def sign(self, statement: bytes, now: datetime, prefix: bytes = SIGNED_PREFIX) -> pb.Evidence:
+        """Sign ``prefix || statement``; the prefix keeps each kind of signed thing apart."""
         key = self.keyring.newest(KeyAlgorithm.ED25519, self.directory, now)
         cert = self.directory.current(self.keyring.unit, KeyAlgorithm.ED25519, now)
         assert cert is not None
@@ -120,7 +123,7 @@ class EvidenceSigner:
                 pb.Signature(
                     algorithm=KeyAlgorithm.ED25519.value,
                     key_id=cert.key_id,
-                    value=sign(key, SIGNED_PREFIX + statement),  # type: ignore[arg-type]
+                    value=sign(key, prefix + statement),  # type: ignore[arg-type]
                 )
             ],
         )

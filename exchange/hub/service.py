@@ -3,19 +3,28 @@
 Every step of a submission is a plain function (:mod:`exchange.core`): parse,
 verify against the directory, check the sender against the caller's certificate,
 decide policy. This class adds storage (one group-commit writer), the clock and
-wake-ups for subscribers; the gRPC servicer is a thin shell over it.
+the subscribers' mailboxes; the gRPC servicer is a thin shell over it.
+
+Deliveries reach an open Subscribe stream from memory: once a batch committed, the
+writer hands its new deliveries to the subscriptions of their connections. The store
+is read when a stream opens (everything still pending after its cursor), when a
+stream fell behind, and now and then as a safety net.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import contextlib
+import queue
+import threading
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
-from typing import cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, select, update
 
 from exchange.core.clock import Clock
 from exchange.core.envelope import SealedEnvelope, verify
@@ -26,6 +35,7 @@ from exchange.core.log_entry import LogEntry, LogEvent, entry_for_header
 from exchange.core.permission import verify_permission
 from exchange.core.policy import Policy, Violation
 from exchange.core.registry import Registry
+from exchange.core.suites import Suite
 from exchange.core.vocab import PartnerStatus
 from exchange.errors import ExchangeError
 from exchange.hub.errors import (
@@ -73,7 +83,246 @@ class PendingDelivery:
     message_id: str
     addressee: str
     envelope: bytes
-    accepted: bytes
+    accepted: pb.Evidence
+
+
+class StoredMessage(NamedTuple):
+    """What dedupe needs of an accepted message: its digest and its accepted evidence."""
+
+    digest: bytes
+    evidence: bytes | None
+
+
+class StoredDelivery(NamedTuple):
+    """A delivery, with what the log entry of its acknowledgement names of the message."""
+
+    message_id: str
+    connection: str
+    addressee: str
+    state: str
+    envelope_digest: bytes
+    erased: bool
+    kind: str
+    sender: str
+    recipients: str
+    channel: str
+    crime_area: str
+    priority: str
+    in_reply_to: str | None
+    case_id: str | None
+    individuals: int
+    legal_entities: int
+
+
+_ACCEPTED = EvidenceKind.ACCEPTED.value
+
+# The hot statements, built once with bind parameters (compiled once per dialect).
+_MESSAGES_BY_ID = (
+    select(MESSAGES.c.id, MESSAGES.c.envelope_digest, EVIDENCES.c.evidence)
+    .select_from(
+        MESSAGES.outerjoin(
+            EVIDENCES,
+            and_(EVIDENCES.c.message_id == MESSAGES.c.id, EVIDENCES.c.kind == _ACCEPTED),
+        )
+    )
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+)
+_DELIVERIES_BY_SEQ = (
+    select(
+        DELIVERIES.c.seq,
+        DELIVERIES.c.message_id,
+        DELIVERIES.c.connection,
+        DELIVERIES.c.addressee,
+        DELIVERIES.c.state,
+        MESSAGES.c.envelope_digest,
+        MESSAGES.c.envelope.is_(None),
+        MESSAGES.c.kind,
+        MESSAGES.c.sender,
+        MESSAGES.c.recipients,
+        MESSAGES.c.channel,
+        MESSAGES.c.crime_area,
+        MESSAGES.c.priority,
+        MESSAGES.c.in_reply_to,
+        MESSAGES.c.case_id,
+        MESSAGES.c.individuals,
+        MESSAGES.c.legal_entities,
+    )
+    .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
+    .where(DELIVERIES.c.seq.in_(bindparam("seqs", expanding=True)))
+)
+_STORED_EVIDENCE = (
+    select(EVIDENCES.c.evidence)
+    .where(
+        and_(
+            EVIDENCES.c.message_id == bindparam("message_id"),
+            EVIDENCES.c.kind == bindparam("kind"),
+            EVIDENCES.c.unit == bindparam("unit"),
+        )
+    )
+    .order_by(EVIDENCES.c.id.desc())
+    .limit(1)
+)
+_MARK_DELIVERED = (
+    update(DELIVERIES)
+    .where(DELIVERIES.c.seq == bindparam("b_seq"))
+    .values(state=bindparam("b_state"), delivered_at_us=bindparam("b_at"))
+)
+_MARK_READ = (
+    update(DELIVERIES)
+    .where(DELIVERIES.c.seq == bindparam("b_seq"))
+    .values(state=bindparam("b_state"), read_at_us=bindparam("b_at"))
+)
+_PENDING = (
+    select(
+        DELIVERIES.c.seq,
+        DELIVERIES.c.message_id,
+        DELIVERIES.c.addressee,
+        MESSAGES.c.envelope,
+        EVIDENCES.c.evidence,
+    )
+    .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
+    .join(
+        EVIDENCES,
+        and_(EVIDENCES.c.message_id == DELIVERIES.c.message_id, EVIDENCES.c.kind == _ACCEPTED),
+    )
+    .where(
+        and_(
+            DELIVERIES.c.connection == bindparam("connection"),
+            DELIVERIES.c.state == "pending",
+            DELIVERIES.c.seq > bindparam("after"),
+            MESSAGES.c.envelope.is_not(None),
+        )
+    )
+    .order_by(DELIVERIES.c.seq)
+    .limit(bindparam("limit"))
+)
+
+#: delivery states, in the order they advance
+_STATE_ORDER = {"pending": 0, "relayed": 1, "delivered": 2, "read": 3}
+
+
+def load_messages(connection: Connection, ids: Sequence[Any]) -> Mapping[Any, StoredMessage]:
+    """Dedupe lookups for a batch: digest and accepted evidence of the ids already stored."""
+    found: dict[Any, StoredMessage] = {}
+    for message_id, digest, evidence in connection.execute(_MESSAGES_BY_ID, {"ids": list(ids)}):
+        if message_id not in found or found[message_id].evidence is None:
+            found[message_id] = StoredMessage(digest, evidence)
+    return found
+
+
+def load_deliveries(connection: Connection, seqs: Sequence[Any]) -> Mapping[Any, StoredDelivery]:
+    """Acknowledgement lookups for a batch: the deliveries with these sequence numbers."""
+    found: dict[Any, StoredDelivery] = {}
+    for row in connection.execute(_DELIVERIES_BY_SEQ, {"seqs": list(seqs)}):
+        (seq, message_id, unit, addressee, state, digest, erased, *facts) = row
+        found[seq] = StoredDelivery(
+            message_id, unit, addressee, state, digest, bool(erased), *facts
+        )
+    return found
+
+
+_VerifyJob = tuple[SealedEnvelope, datetime, "asyncio.Future[Suite]"]
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future[Suite], Suite | None, Exception | None]]) -> None:
+    for future, suite, error in outcomes:
+        if future.done():
+            continue  # the caller gave up
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(Suite, suite))
+
+
+class Verifier:
+    """Envelope checks (the signatures) beside the event loop, in a thread of their own.
+
+    ``cryptography`` releases the GIL while it checks a signature, so the loop serves
+    other calls meanwhile. Submissions that arrive together are checked in one round
+    and answered with one wake-up of the loop, not a thread hop each; the header and
+    the digest are decoded here too, off the loop.
+    """
+
+    def __init__(self, directory: Directory, *, max_round: int = 64) -> None:
+        self.directory = directory
+        self.max_round = max_round
+        self._jobs: queue.SimpleQueue[_VerifyJob | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def verify(self, envelope: SealedEnvelope, now: datetime) -> Suite:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="verifier", daemon=True)
+            self._thread.start()
+        future: asyncio.Future[Suite] = asyncio.get_running_loop().create_future()
+        self._jobs.put((envelope, now, future))
+        return await future
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            jobs = [self._jobs.get()]
+            while len(jobs) < self.max_round:
+                try:
+                    jobs.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            by_loop: dict[
+                asyncio.AbstractEventLoop,
+                list[tuple[asyncio.Future[Suite], Suite | None, Exception | None]],
+            ] = {}
+            for job in jobs:
+                if job is None:
+                    stopping = True
+                    continue
+                envelope, now, future = job
+                outcome: tuple[asyncio.Future[Suite], Suite | None, Exception | None]
+                try:
+                    suite = verify(envelope, self.directory, now)
+                    _ = envelope.header, envelope.digest  # decoded here, not on the loop
+                    outcome = (future, suite, None)
+                except Exception as error:
+                    outcome = (future, None, error)
+                by_loop.setdefault(future.get_loop(), []).append(outcome)
+            for loop, outcomes in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, outcomes)
+
+
+class Subscription:
+    """One Subscribe stream's mailbox: deliveries committed for its connection since it opened.
+
+    ``reread`` says the stream must read the store (from its cursor) before it takes
+    from the mailbox: at first, and after the mailbox overflowed (deliveries offered
+    meanwhile were dropped; they are in the store). A stream clears it *before* it
+    reads, so whatever commits after is offered here, and skips what it already sent.
+    """
+
+    def __init__(self, connection: str, capacity: int) -> None:
+        self.connection = connection
+        self.capacity = capacity
+        self.items: deque[PendingDelivery] = deque()
+        self.reread = True
+        self.event = asyncio.Event()
+
+    def offer(self, item: PendingDelivery) -> None:
+        if not self.reread:
+            if len(self.items) < self.capacity:
+                self.items.append(item)
+            else:  # a slow reader: drop the backlog, the store has it
+                self.items.clear()
+                self.reread = True
+        self.event.set()
+
+    def take(self) -> list[PendingDelivery]:
+        items = list(self.items)
+        self.items.clear()
+        return items
 
 
 class HubService:
@@ -99,7 +348,14 @@ class HubService:
         )
         self.log.load()
         self.writer = GroupCommitWriter(engine, hooks=self.log)
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.verifier = Verifier(directory)
+        self.writer.register("message", load_messages)
+        self.writer.register("delivery", load_deliveries)
+        self.mailbox_capacity = 4096
+        self._subscriptions: dict[str, set[Subscription]] = defaultdict(set)
+        #: committed deliveries on their way from the writer thread to the event loop
+        self._outbox: deque[tuple[tuple[str, PendingDelivery], ...]] = deque()
+        self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -152,6 +408,7 @@ class HubService:
 
     def stop(self) -> None:
         self.writer.stop()
+        self.verifier.stop()
 
     # ---------------------------------------------------------------- submit
 
@@ -165,8 +422,7 @@ class HubService:
         envelope = SealedEnvelope.from_bytes(raw)
         check_sender(caller, envelope.sender, self.registry)
         now = self.clock.now()
-        # Signature checks release the GIL: run them beside the event loop.
-        suite = await asyncio.to_thread(verify, envelope, self.directory, now)
+        suite = await self.verifier.verify(envelope, now)
         header = envelope.header
         violations = self.policy.decide(header, now=now, envelope_bytes=len(raw), suite=suite)
         if violations:
@@ -177,7 +433,10 @@ class HubService:
                 rules=sorted({v.rule for v in violations}),
             )
             return await self.writer.submit(partial(self._refuse, envelope, header, violations))
-        evidence = await self.writer.submit(partial(self._accept, envelope, header, suite.id))
+        evidence = await self.writer.submit(
+            partial(self._accept, envelope, header, suite.id),
+            keys=(("message", header.id),),
+        )
         log.info("submission accepted", message_id=header.id, sender=header.sender)
         return evidence
 
@@ -187,21 +446,11 @@ class HubService:
         if key in batch.claimed:
             digest, evidence = batch.claimed[key]
         else:
-            row = batch.connection.execute(
-                select(MESSAGES.c.envelope_digest).where(MESSAGES.c.id == envelope.message_id)
-            ).first()
-            if row is None:
+            stored: StoredMessage | None = batch.lookup("message", envelope.message_id)
+            if stored is None:
                 return None
-            digest = row[0]
-            stored = batch.connection.execute(
-                select(EVIDENCES.c.evidence).where(
-                    and_(
-                        EVIDENCES.c.message_id == envelope.message_id,
-                        EVIDENCES.c.kind == EvidenceKind.ACCEPTED.value,
-                    )
-                )
-            ).first()
-            evidence = pb.Evidence.FromString(stored[0]) if stored else None
+            digest = stored.digest
+            evidence = pb.Evidence.FromString(stored.evidence) if stored.evidence else None
         if digest != envelope.digest:
             raise ReplayConflict(
                 f"message id {envelope.message_id} was already accepted with other content"
@@ -255,7 +504,9 @@ class HubService:
                 "erased_at_us": None,
             },
         )
-        self._stage_deliveries(batch, header.id, header.recipients, hub_time)
+        self._stage_deliveries(
+            batch, header.id, header.recipients, hub_time, envelope.raw, evidence
+        )
         self._stage_evidence(
             batch,
             evidence,
@@ -269,15 +520,22 @@ class HubService:
         return evidence
 
     def _stage_deliveries(
-        self, batch: Batch, message_id: str, recipients: tuple[str, ...], hub_time: int
+        self,
+        batch: Batch,
+        message_id: str,
+        recipients: tuple[str, ...],
+        hub_time: int,
+        envelope: bytes,
+        accepted: pb.Evidence,
     ) -> None:
-        connections = set()
+        offers = []
         for recipient in recipients:
             connection = connection_for(self.registry, recipient)
-            connections.add(connection)
+            sequence = batch.next_key(DELIVERIES)
             batch.add(
                 DELIVERIES,
                 {
+                    "seq": sequence,
                     "connection": connection,
                     "addressee": recipient,
                     "message_id": message_id,
@@ -287,7 +545,10 @@ class HubService:
                     "read_at_us": None,
                 },
             )
-        batch.after_commit.append(partial(self._wake, tuple(connections)))
+            offers.append(
+                (connection, PendingDelivery(sequence, message_id, recipient, envelope, accepted))
+            )
+        batch.after_commit.append(partial(self._publish, tuple(offers)))
 
     def _refuse(
         self, envelope: SealedEnvelope, header: Header, violations: list[Violation], batch: Batch
@@ -388,7 +649,7 @@ class HubService:
             )
         check_sender(caller, envelope.sender, self.registry)
         now = self.clock.now()
-        suite = await asyncio.to_thread(verify, envelope, self.directory, now)
+        suite = await self.verifier.verify(envelope, now)
         provider = envelope.provider_header
         received = await asyncio.to_thread(self._received, envelope.sender, provider.id)
         if not received:
@@ -402,7 +663,8 @@ class HubService:
         if violations:
             return await self.writer.submit(partial(self._refuse, envelope, header, violations))
         return await self.writer.submit(
-            partial(self._accept, envelope, header, suite.id, forwarded_from=provider.id)
+            partial(self._accept, envelope, header, suite.id, forwarded_from=provider.id),
+            keys=(("message", header.id),),
         )
 
     def _received(self, unit: str, provider_id: str) -> bool:
@@ -462,63 +724,63 @@ class HubService:
 
     # ---------------------------------------------------------------- deliveries
 
-    def subscribe(self, connection: str) -> asyncio.Event:
-        """An event set whenever something new is committed for ``connection``."""
-        event = asyncio.Event()
-        self._waiters[connection].add(event)
-        return event
+    def subscribe(self, connection: str) -> Subscription:
+        """A mailbox for ``connection``: what commits from now on, and a wake-up."""
+        subscription = Subscription(connection, self.mailbox_capacity)
+        self._subscriptions[connection].add(subscription)
+        return subscription
 
-    def unsubscribe(self, connection: str, event: asyncio.Event) -> None:
-        self._waiters[connection].discard(event)
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscriptions = self._subscriptions.get(subscription.connection)
+        if subscriptions is not None:
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._subscriptions[subscription.connection]
 
-    def _wake(self, connections: tuple[str, ...]) -> None:
+    def wake_subscribers(self) -> None:
+        """Wake every stream (to notice that the hub is stopping)."""
+        for subscriptions in self._subscriptions.values():
+            for subscription in subscriptions:
+                subscription.event.set()
+
+    def _publish(self, offers: tuple[tuple[str, PendingDelivery], ...]) -> None:
+        """After a commit, in the writer thread: pass new deliveries to the event loop.
+
+        One wake-up of the loop carries whatever several commits published meanwhile.
+        """
         loop = self._loop
         if loop is None:
             return
-        for connection in connections:
-            for event in list(self._waiters.get(connection, ())):
-                loop.call_soon_threadsafe(event.set)
+        self._outbox.append(offers)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        """In the event loop: offer published deliveries to the subscriptions."""
+        self._flush_scheduled = False  # before draining: a later publish schedules anew
+        outbox, subscriptions = self._outbox, self._subscriptions
+        while outbox:
+            for connection, delivery in outbox.popleft():
+                for subscription in subscriptions.get(connection, ()):
+                    subscription.offer(delivery)
 
     def connected(self) -> int:
-        return sum(len(w) for w in self._waiters.values())
+        return sum(len(s) for s in self._subscriptions.values())
 
     async def pending(self, connection: str, after: int, limit: int = 256) -> list[PendingDelivery]:
         """Deliveries for ``connection`` not yet acknowledged, after sequence ``after``."""
         return await asyncio.to_thread(self._pending, connection, after, limit)
 
     def _pending(self, connection: str, after: int, limit: int) -> list[PendingDelivery]:
-        query = (
-            select(
-                DELIVERIES.c.seq,
-                DELIVERIES.c.message_id,
-                DELIVERIES.c.addressee,
-                MESSAGES.c.envelope,
-                EVIDENCES.c.evidence,
-            )
-            .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
-            .join(
-                EVIDENCES,
-                and_(
-                    EVIDENCES.c.message_id == DELIVERIES.c.message_id,
-                    EVIDENCES.c.kind == EvidenceKind.ACCEPTED.value,
-                ),
-            )
-            .where(
-                and_(
-                    DELIVERIES.c.connection == connection,
-                    DELIVERIES.c.state == "pending",
-                    DELIVERIES.c.seq > after,
-                    MESSAGES.c.envelope.is_not(None),
-                )
-            )
-            .order_by(DELIVERIES.c.seq)
-            .limit(limit)
-        )
         with self.engine.connect() as db:
-            return [
-                PendingDelivery(seq, message_id, addressee, envelope, evidence)
-                for seq, message_id, addressee, envelope, evidence in db.execute(query)
-            ]
+            rows = db.execute(
+                _PENDING, {"connection": connection, "after": after, "limit": limit}
+            ).all()
+        return [
+            PendingDelivery(seq, message_id, addressee, envelope, pb.Evidence.FromString(evidence))
+            for seq, message_id, addressee, envelope, evidence in rows
+        ]
 
     # ---------------------------------------------------------------- acknowledge
 
@@ -527,7 +789,8 @@ class HubService:
     ) -> pb.Evidence:
         """Record that a delivery reached the caller's node (or a person, ``read``)."""
         return await self.writer.submit(
-            partial(self._acknowledge, caller, message_id, sequence, read, on_behalf_of)
+            partial(self._acknowledge, caller, message_id, sequence, read, on_behalf_of),
+            keys=(("delivery", sequence),),
         )
 
     def _acknowledge(
@@ -539,21 +802,11 @@ class HubService:
         on_behalf_of: str,
         batch: Batch,
     ) -> pb.Evidence:
-        row = batch.connection.execute(
-            select(
-                DELIVERIES.c.connection,
-                DELIVERIES.c.addressee,
-                DELIVERIES.c.state,
-                MESSAGES.c.envelope_digest,
-                MESSAGES.c.envelope,
-            )
-            .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
-            .where(and_(DELIVERIES.c.seq == sequence, DELIVERIES.c.message_id == message_id))
-        ).first()
-        if row is None or row[0] != caller:
+        row: StoredDelivery | None = batch.lookup("delivery", sequence)
+        if row is None or row.message_id != message_id or row.connection != caller:
             raise UnknownDelivery(f"{caller} has no delivery {sequence} of message {message_id}")
-        _connection, addressee, state, digest, raw = row
-        state = batch.claimed.get(("delivery", sequence), state)
+        addressee = row.addressee
+        state = batch.claimed.get(("delivery", sequence), row.state)
         relayed = addressee != caller
         if relayed and on_behalf_of and on_behalf_of != addressee:
             raise UnknownDelivery(f"delivery {sequence} is for {addressee}, not {on_behalf_of}")
@@ -564,50 +817,70 @@ class HubService:
             kind, event, new_state = EvidenceKind.DELIVERED, LogEvent.RELAYED, "relayed"
         else:
             kind, event, new_state = EvidenceKind.DELIVERED, LogEvent.DELIVERED, "delivered"
-        order = {"pending": 0, "relayed": 1, "delivered": 2, "read": 3}
+        order = _STATE_ORDER
         if order[state] >= order[new_state]:
             stored = self._stored_evidence(batch, message_id, kind, addressee)
             if stored is not None:
                 return stored
         hub_time = micros(self.clock)
-        header = SealedEnvelope.from_bytes(raw).header if raw else None
-        if header is not None:
-            entry = entry_for_header(
-                event,
-                header,
-                hub_time_us=hub_time,
-                policy_hash=self.policy.hash,
-                unit=addressee,
-                on_behalf_of=caller if relayed else "",
+        if not row.erased:
+            entry = self._entry_for_delivery(
+                event, row, hub_time, on_behalf_of=caller if relayed else ""
             )
         else:  # erased since: the entry still records the event, by id
             entry = LogEntry(
                 event=event, hub_time_us=hub_time, message_id=message_id, unit=addressee
             )
         position = batch.append_log(entry)
-        evidence = self._evidence(kind, message_id, addressee, hub_time, digest, position)
+        evidence = self._evidence(
+            kind, message_id, addressee, hub_time, row.envelope_digest, position
+        )
         self._stage_evidence(batch, evidence, kind, message_id, addressee, position.index, hub_time)
+        batch.claimed[("evidence", message_id, kind, addressee)] = evidence
         if order[new_state] > order[state]:
-            values: dict[str, object] = {"state": new_state}
-            values["read_at_us" if read else "delivered_at_us"] = hub_time
-            batch.execute(update(DELIVERIES).where(DELIVERIES.c.seq == sequence).values(**values))
+            batch.execute(
+                _MARK_READ if read else _MARK_DELIVERED,
+                {"b_seq": sequence, "b_state": new_state, "b_at": hub_time},
+            )
             batch.claimed[("delivery", sequence)] = new_state
         return evidence
+
+    def _entry_for_delivery(
+        self, event: LogEvent, row: StoredDelivery, hub_time: int, *, on_behalf_of: str
+    ) -> LogEntry:
+        """:func:`entry_for_header` for the delivered message, from its stored routing facts.
+
+        The message row holds what the entry names of the header (stored from it when the
+        message was accepted), so an acknowledgement need not parse the envelope again.
+        """
+        return LogEntry(
+            event=event,
+            hub_time_us=hub_time,
+            message_id=row.message_id,
+            kind=row.kind,
+            sender=row.sender,
+            recipients=tuple(row.recipients.split(",")) if row.recipients else (),
+            channel=row.channel,
+            crime_area=row.crime_area,
+            priority=row.priority,
+            in_reply_to=row.in_reply_to or "",
+            case_id=row.case_id or "",
+            individuals=row.individuals,
+            legal_entities=row.legal_entities,
+            unit=row.addressee,
+            on_behalf_of=on_behalf_of,
+            policy_hash=self.policy.hash,
+        )
 
     @staticmethod
     def _stored_evidence(
         batch: Batch, message_id: str, kind: EvidenceKind, unit: str
     ) -> pb.Evidence | None:
+        claimed = batch.claimed.get(("evidence", message_id, kind, unit))
+        if claimed is not None:  # staged by earlier work of this batch
+            return cast(pb.Evidence, claimed)
         row = batch.connection.execute(
-            select(EVIDENCES.c.evidence)
-            .where(
-                and_(
-                    EVIDENCES.c.message_id == message_id,
-                    EVIDENCES.c.kind == kind.value,
-                    EVIDENCES.c.unit == unit,
-                )
-            )
-            .order_by(EVIDENCES.c.id.desc())
+            _STORED_EVIDENCE, {"message_id": message_id, "kind": kind.value, "unit": unit}
         ).first()
         return pb.Evidence.FromString(row[0]) if row else None
 
@@ -619,20 +892,19 @@ class HubService:
 
     def _evidences(self, caller: str, message_id: str) -> list[bytes]:
         with self.engine.connect() as db:
+            rows = db.execute(
+                select(EVIDENCES.c.evidence, EVIDENCES.c.unit)
+                .where(EVIDENCES.c.message_id == message_id)
+                .order_by(EVIDENCES.c.log_index)
+            ).all()
             message = db.execute(
                 select(MESSAGES.c.sender, MESSAGES.c.recipients).where(MESSAGES.c.id == message_id)
             ).first()
-            if message is None or (
-                caller != message[0]
-                and caller not in message[1].split(",")
-                and caller != connection_for(self.registry, message[0])
-            ):
-                raise UnknownDelivery(f"{caller} has no message {message_id}")
-            return [
-                row[0]
-                for row in db.execute(
-                    select(EVIDENCES.c.evidence)
-                    .where(EVIDENCES.c.message_id == message_id)
-                    .order_by(EVIDENCES.c.log_index)
-                )
-            ]
+        # the parties: sender and recipients of an accepted message; for a refused one,
+        # the sender its refusal names. A relay stands for the units it relays.
+        parties = (
+            {message[0], *message[1].split(",")} if message is not None else {r[1] for r in rows}
+        )
+        if caller not in parties | {connection_for(self.registry, p) for p in parties}:
+            raise UnknownDelivery(f"{caller} has no message {message_id}")
+        return [bytes(r[0]) for r in rows]
