@@ -13,8 +13,13 @@ from datetime import datetime
 
 from google.protobuf.message import DecodeError
 
-from exchange.core.evidence import HUB_UNIT, EvidenceKind, EvidenceView, verify_evidence
-from exchange.core.evidence import DIRECTORY_PREFIX
+from exchange.core.evidence import (
+    DIRECTORY_PREFIX,
+    HUB_UNIT,
+    EvidenceKind,
+    EvidenceView,
+    verify_evidence,
+)
 from exchange.core.keys import Directory, SigningPublicKey
 from exchange.core.suites import verify_signature
 from exchange.errors import BadSignature, EnvelopeError, MalformedEnvelope

@@ -122,10 +122,9 @@ class HubLog:
         )
         since = frontier.size - max(self._latest_size, 0)
         due = self.force_head or (self._latest_size < 0 and frontier.size > 0)
-        due = (
-            due
-            or ((since > 0 or self._latest_size < 0)
-            and self.policy.due(since, time.monotonic() - self._last_signed))
+        due = due or (
+            (since > 0 or self._latest_size < 0)
+            and self.policy.due(since, time.monotonic() - self._last_signed)
         )
         if not due or frontier.size == self._latest_size:
             return
