@@ -218,3 +218,36 @@ class HubClient:
         except grpc.aio.AioRpcError as error:
             raise HubCallFailed.of(error) from None
         return list(proof.hashes)
+
+    async def ask_permission(
+        self, message_id: str, recipients: list[str], purpose: str, reason: str
+    ) -> pb.Evidence:
+        """Ask a message's provider, through the hub, for permission (e.g. an H2 forward)."""
+        try:
+            response = await self._stub.RequestPermission(
+                pb.PermissionRequest(
+                    message_id=message_id, recipients=recipients, purpose=purpose, reason=reason
+                ),
+                timeout=self.timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise HubCallFailed.of(error) from None
+        return response.evidence
+
+    async def answer_permission(self, request: pb.GrantPermissionRequest) -> pb.Evidence:
+        """As the provider, grant (a signed permission) or refuse a permission."""
+        try:
+            response = await self._stub.GrantPermission(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise HubCallFailed.of(error) from None
+        return response.evidence
+
+    async def erase(self, message_id: str, reason: str) -> pb.Evidence:
+        """As the hub's administrator, erase a stored message (the log keeps its record)."""
+        try:
+            response = await self._stub.Erase(
+                pb.EraseRequest(message_id=message_id, reason=reason), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise HubCallFailed.of(error) from None
+        return response.evidence

@@ -26,10 +26,12 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that each group module stays independent of the others.
-    from exchange.cli import bench, db, demo, envelope, hub, log, pki
+    from exchange.cli import bench, db, demo, envelope, hub, log, permission, pki
 
     app.add_typer(pki.app, name="pki")
     app.add_typer(log.app, name="log")
+    app.add_typer(permission.app, name="permission")
+    hub.app.command("erase")(permission.erase_command)
     app.add_typer(envelope.app, name="envelope")
     app.add_typer(hub.app, name="hub")
     app.add_typer(db.app, name="db")

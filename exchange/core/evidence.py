@@ -38,6 +38,9 @@ class EvidenceKind(StrEnum):
     READ = "read"
     FORWARDED = "forwarded"
     ERASED = "erased"
+    PERMISSION_ASKED = "permission_asked"
+    PERMISSION_GRANTED = "permission_granted"
+    PERMISSION_DENIED = "permission_denied"
 
     @property
     def wire(self) -> int:

@@ -344,11 +344,31 @@ class HubServicer(pb_grpc.HubServicer):
     # Parts of the wire contract that later versions serve; until then the caller is
     # told so plainly (UNIMPLEMENTED), never given an empty answer.
 
-    async def RequestPermission(self, request: Any, context: Any) -> Any:
-        raise NotAvailable("permission requests through the hub are not served yet")
+    async def RequestPermission(
+        self, request: pb.PermissionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PermissionRequestResponse:
+        evidence = await self.service.ask_permission(
+            CALLER.get(),
+            message_id=request.message_id,
+            recipients=list(request.recipients),
+            purpose=request.purpose,
+            reason=request.reason,
+        )
+        return pb.PermissionRequestResponse(evidence=evidence)
 
-    async def GrantPermission(self, request: Any, context: Any) -> Any:
-        raise NotAvailable("permission grants through the hub are not served yet")
+    async def GrantPermission(
+        self, request: pb.GrantPermissionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GrantPermissionResponse:
+        evidence = await self.service.answer_permission(CALLER.get(), request)
+        return pb.GrantPermissionResponse(evidence=evidence)
+
+    async def Erase(
+        self, request: pb.EraseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.EraseResponse:
+        evidence = await self.service.erase(
+            CALLER.get(), message_id=request.message_id, reason=request.reason
+        )
+        return pb.EraseResponse(evidence=evidence)
 
     async def GetStatistics(self, request: Any, context: Any) -> Any:
         raise NotAvailable("statistics are not served by this hub yet")

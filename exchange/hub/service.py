@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, select, update
 
 from exchange.core.clock import Clock
 from exchange.core.envelope import SealedEnvelope, verify
-from exchange.core.evidence import EvidenceKind, EvidenceSigner, make_statement
+from exchange.core.evidence import HUB_UNIT, EvidenceKind, EvidenceSigner, make_statement
 from exchange.core.header import Header
 from exchange.core.keys import Directory
 from exchange.core.log_entry import LogEntry, LogEvent, entry_for_header
@@ -48,7 +48,7 @@ from exchange.hub.errors import (
 from exchange.hub.transparency import HubLog
 from exchange.hub.writer import Batch, GroupCommitWriter, LogPosition
 from exchange.logs import get_logger
-from exchange.store.tables import DELIVERIES, EVIDENCES, LOG_ENTRIES, MESSAGES
+from exchange.store.tables import DELIVERIES, EVIDENCES, LOG_ENTRIES, MESSAGES, PERMISSIONS
 from exchange.wire.v1 import exchange_pb2 as pb
 
 log = get_logger("exchange.hub")
@@ -688,7 +688,10 @@ class HubService:
         if pb.HANDLING_CODE_H2 not in provider.handling.codes:
             return []
         rule = "HC-H2-FORWARD-WITHOUT-PERMISSION"
-        if not envelope.wire.forwarding.permission:
+        granted = envelope.wire.forwarding.permission or self._stored_grant(
+            provider.id, envelope.sender
+        )
+        if not granted:
             return [
                 Violation(
                     rule,
@@ -700,7 +703,7 @@ class HubService:
             ]
         try:
             permission = verify_permission(
-                envelope.wire.forwarding.permission,
+                granted,
                 provider=provider.sender,
                 suite_id=provider.suite,
                 directory=self.directory,
@@ -721,6 +724,172 @@ class HubService:
                 )
             ]
         return []
+
+    def _stored_grant(self, message_id: str, grantee: str) -> bytes:
+        """The newest permission the provider granted ``grantee`` through the hub, if any."""
+        with self.engine.connect() as db:
+            row = db.execute(
+                select(PERMISSIONS.c.permission)
+                .where(
+                    and_(PERMISSIONS.c.message_id == message_id, PERMISSIONS.c.grantee == grantee)
+                )
+                .order_by(PERMISSIONS.c.id.desc())
+                .limit(1)
+            ).first()
+        return bytes(row[0]) if row else b""
+
+    # ---------------------------------------------------------------- permissions
+
+    def _message_facts(self, message_id: str) -> tuple[str, list[str], str, bytes] | None:
+        """(sender, recipients, suite, envelope digest) of a stored message."""
+        with self.engine.connect() as db:
+            row = db.execute(
+                select(
+                    MESSAGES.c.sender,
+                    MESSAGES.c.recipients,
+                    MESSAGES.c.suite,
+                    MESSAGES.c.envelope_digest,
+                ).where(MESSAGES.c.id == message_id)
+            ).first()
+        if row is None:
+            return None
+        return row[0], [r for r in row[1].split(",") if r], row[2], bytes(row[3])
+
+    def _log_and_sign(
+        self,
+        batch: Batch,
+        kind: EvidenceKind,
+        entry: LogEntry,
+        *,
+        unit: str,
+        digest: bytes,
+    ) -> pb.Evidence:
+        position = batch.append_log(entry)
+        evidence = self._evidence(kind, entry.message_id, unit, entry.hub_time_us, digest, position)
+        self._stage_evidence(
+            batch, evidence, kind, entry.message_id, unit, position.index, entry.hub_time_us
+        )
+        return evidence
+
+    async def ask_permission(
+        self, caller: str, *, message_id: str, recipients: list[str], purpose: str, reason: str
+    ) -> pb.Evidence:
+        """A recipient asks the provider's permission (e.g. to forward H2 content)."""
+        facts = await asyncio.to_thread(self._message_facts, message_id)
+        if facts is None or caller not in {
+            connection_for(self.registry, r) for r in facts[1]
+        } | set(facts[1]):
+            raise UnknownDelivery(f"{caller} has no message {message_id}")
+        provider, _, _, digest = facts
+
+        def prepare(batch: Batch) -> pb.Evidence:
+            entry = LogEntry(
+                event=LogEvent.PERMISSION_ASKED,
+                hub_time_us=micros(self.clock),
+                message_id=message_id,
+                sender=caller,
+                recipients=tuple(recipients),
+                unit=provider,
+                policy_hash=self.policy.hash,
+                extra={"purpose": purpose} if purpose else {},
+            )
+            return self._log_and_sign(
+                batch, EvidenceKind.PERMISSION_ASKED, entry, unit=caller, digest=digest
+            )
+
+        log.info("permission asked", message_id=message_id, provider=provider)
+        return await self.writer.submit(prepare)
+
+    async def answer_permission(
+        self, caller: str, request: pb.GrantPermissionRequest
+    ) -> pb.Evidence:
+        """The provider grants (a signed permission) or refuses a permission."""
+        if request.deny:
+            message_id, grantee = request.message_id, request.grantee
+        else:
+            message_id = pb.Permission.FromString(request.permission.permission).message_id
+            grantee = ""
+        facts = await asyncio.to_thread(self._message_facts, message_id)
+        if facts is None or facts[0] != caller:
+            raise ForwardRefused(
+                f"{caller} did not provide message {message_id}; only its provider may answer",
+                code="PERM-NOT-PROVIDER",
+            )
+        _provider, _, suite_id, digest = facts
+        now = self.clock.now()
+        if request.deny:
+            recipients: tuple[str, ...] = ()
+            event, kind, signed = LogEvent.PERMISSION_DENIED, EvidenceKind.PERMISSION_DENIED, b""
+        else:
+            signed = request.permission.SerializeToString(deterministic=True)
+            permission = verify_permission(
+                signed, provider=caller, suite_id=suite_id, directory=self.directory, now=now
+            )
+            grantee, recipients = permission.grantee, permission.recipients
+            event, kind = LogEvent.PERMISSION_GRANTED, EvidenceKind.PERMISSION_GRANTED
+
+        def prepare(batch: Batch) -> pb.Evidence:
+            hub_time = micros(self.clock)
+            entry = LogEntry(
+                event=event,
+                hub_time_us=hub_time,
+                message_id=message_id,
+                sender=caller,
+                recipients=recipients,
+                unit=grantee,
+                policy_hash=self.policy.hash,
+            )
+            if signed:
+                batch.add(
+                    PERMISSIONS,
+                    {
+                        "message_id": message_id,
+                        "provider": caller,
+                        "grantee": grantee,
+                        "recipients": ",".join(recipients),
+                        "permission": signed,
+                        "granted_at_us": hub_time,
+                    },
+                )
+            return self._log_and_sign(batch, kind, entry, unit=grantee, digest=digest)
+
+        log.info("permission answered", message_id=message_id, answer=event.value)
+        return await self.writer.submit(prepare)
+
+    # ---------------------------------------------------------------- erasure
+
+    async def erase(self, caller: str, *, message_id: str, reason: str) -> pb.Evidence:
+        """Erase a stored message's body and metadata; the log keeps the exchange's record."""
+        if caller != HUB_UNIT:
+            raise ForwardRefused(
+                f"{caller} may not erase messages; only the hub's administrators may",
+                code="ERASE-NOT-ALLOWED",
+            )
+        facts = await asyncio.to_thread(self._message_facts, message_id)
+        if facts is None:
+            raise UnknownDelivery(f"there is no stored message {message_id}")
+        sender, recipients, _suite, digest = facts
+
+        def prepare(batch: Batch) -> pb.Evidence:
+            hub_time = micros(self.clock)
+            batch.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id)
+                .values(envelope=None, erased_at_us=hub_time, individuals=0, legal_entities=0)
+            )
+            entry = LogEntry(
+                event=LogEvent.ERASED,
+                hub_time_us=hub_time,
+                message_id=message_id,
+                sender=sender,
+                recipients=tuple(recipients),
+                policy_hash=self.policy.hash,
+                extra={"reason": reason} if reason else {},
+            )
+            return self._log_and_sign(batch, EvidenceKind.ERASED, entry, unit=sender, digest=digest)
+
+        log.info("message erased", message_id=message_id)
+        return await self.writer.submit(prepare)
 
     # ---------------------------------------------------------------- deliveries
 

@@ -274,6 +274,9 @@ class _EvidenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evidence
     EVIDENCE_KIND_READ: _EvidenceKind.ValueType  # 4
     EVIDENCE_KIND_FORWARDED: _EvidenceKind.ValueType  # 5
     EVIDENCE_KIND_ERASED: _EvidenceKind.ValueType  # 6
+    EVIDENCE_KIND_PERMISSION_ASKED: _EvidenceKind.ValueType  # 7
+    EVIDENCE_KIND_PERMISSION_GRANTED: _EvidenceKind.ValueType  # 8
+    EVIDENCE_KIND_PERMISSION_DENIED: _EvidenceKind.ValueType  # 9
 
 class EvidenceKind(_EvidenceKind, metaclass=_EvidenceKindEnumTypeWrapper):
     """---------------------------------------------------------------- evidences"""
@@ -285,6 +288,9 @@ EVIDENCE_KIND_DELIVERED: EvidenceKind.ValueType  # 3
 EVIDENCE_KIND_READ: EvidenceKind.ValueType  # 4
 EVIDENCE_KIND_FORWARDED: EvidenceKind.ValueType  # 5
 EVIDENCE_KIND_ERASED: EvidenceKind.ValueType  # 6
+EVIDENCE_KIND_PERMISSION_ASKED: EvidenceKind.ValueType  # 7
+EVIDENCE_KIND_PERMISSION_GRANTED: EvidenceKind.ValueType  # 8
+EVIDENCE_KIND_PERMISSION_DENIED: EvidenceKind.ValueType  # 9
 Global___EvidenceKind: _TypeAlias = EvidenceKind  # noqa: Y015
 
 @_typing.final
@@ -1491,23 +1497,89 @@ Global___PermissionRequestResponse: _TypeAlias = PermissionRequestResponse  # no
 
 @_typing.final
 class GrantPermissionRequest(_message.Message):
+    """The provider's answer to a permission request: a signed permission, or a refusal."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PERMISSION_FIELD_NUMBER: _builtins.int
+    DENY_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    GRANTEE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    deny: _builtins.bool
+    """true to refuse (permission unset)"""
+    message_id: _builtins.str
+    """for a refusal: the message concerned"""
+    grantee: _builtins.str
+    """for a refusal: the unit that asked"""
+    reason: _builtins.str
+    """for a refusal: why, in a sentence"""
     @_builtins.property
-    def permission(self) -> Global___SignedPermission: ...
+    def permission(self) -> Global___SignedPermission:
+        """set to grant"""
+
     def __init__(
         self,
         *,
         permission: Global___SignedPermission | None = ...,
+        deny: _builtins.bool = ...,
+        message_id: _builtins.str = ...,
+        grantee: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["permission", b"permission"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["permission", b"permission"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny", b"deny", "grantee", b"grantee", "message_id", b"message_id", "permission", b"permission", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GrantPermissionRequest: _TypeAlias = GrantPermissionRequest  # noqa: Y015
+
+@_typing.final
+class EraseRequest(_message.Message):
+    """The hub erases a stored message (its body and personal-data metadata); the log keeps
+    the entries that record the exchange happened. Only the hub's own identity may call it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseRequest: _TypeAlias = EraseRequest  # noqa: Y015
+
+@_typing.final
+class EraseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evidence(self) -> Global___Evidence: ...
+    def __init__(
+        self,
+        *,
+        evidence: Global___Evidence | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseResponse: _TypeAlias = EraseResponse  # noqa: Y015
 
 @_typing.final
 class GrantPermissionResponse(_message.Message):

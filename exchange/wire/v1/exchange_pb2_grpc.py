@@ -65,6 +65,11 @@ class HubStub:
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GrantPermissionRequest.SerializeToString,
                 response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GrantPermissionResponse.FromString,
                 _registered_method=True)
+        self.Erase = channel.unary_unary(
+                '/exchange.v1.Hub/Erase',
+                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.EraseRequest.SerializeToString,
+                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.EraseResponse.FromString,
+                _registered_method=True)
         self.GetDirectory = channel.unary_unary(
                 '/exchange.v1.Hub/GetDirectory',
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GetDirectoryRequest.SerializeToString,
@@ -144,6 +149,13 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Erase(self, request, context):
+        """Erase a stored message after its retention review (the hub's administrators only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDirectory(self, request, context):
         """The hub-signed directory: units, status, channels, certificates, revocations.
         """
@@ -218,6 +230,11 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.GrantPermission,
                     request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GrantPermissionRequest.FromString,
                     response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.GrantPermissionResponse.SerializeToString,
+            ),
+            'Erase': grpc.unary_unary_rpc_method_handler(
+                    servicer.Erase,
+                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.EraseRequest.FromString,
+                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.EraseResponse.SerializeToString,
             ),
             'GetDirectory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDirectory,
@@ -413,6 +430,33 @@ class Hub:
             '/exchange.v1.Hub/GrantPermission',
             exchange_dot_wire_dot_v1_dot_exchange__pb2.GrantPermissionRequest.SerializeToString,
             exchange_dot_wire_dot_v1_dot_exchange__pb2.GrantPermissionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Erase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.Hub/Erase',
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.EraseRequest.SerializeToString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.EraseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class HubStub:
     """Ask a message's provider for permission (e.g. to forward H2 content)."""
     GrantPermission: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GrantPermissionRequest, _exchange_pb2.GrantPermissionResponse]
     """A provider grants a permission it signed."""
+    Erase: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.EraseRequest, _exchange_pb2.EraseResponse]
+    """Erase a stored message after its retention review (the hub's administrators only)."""
     GetDirectory: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetDirectoryRequest, _exchange_pb2.SignedDirectory]
     """The hub-signed directory: units, status, channels, certificates, revocations."""
     GetEvidences: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetEvidencesRequest, _exchange_pb2.GetEvidencesResponse]
@@ -84,6 +86,8 @@ class HubAsyncStub(HubStub):
     """Ask a message's provider for permission (e.g. to forward H2 content)."""
     GrantPermission: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GrantPermissionRequest, _exchange_pb2.GrantPermissionResponse]  # type: ignore[assignment]
     """A provider grants a permission it signed."""
+    Erase: _aio.UnaryUnaryMultiCallable[_exchange_pb2.EraseRequest, _exchange_pb2.EraseResponse]  # type: ignore[assignment]
+    """Erase a stored message after its retention review (the hub's administrators only)."""
     GetDirectory: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetDirectoryRequest, _exchange_pb2.SignedDirectory]  # type: ignore[assignment]
     """The hub-signed directory: units, status, channels, certificates, revocations."""
     GetEvidences: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetEvidencesRequest, _exchange_pb2.GetEvidencesResponse]  # type: ignore[assignment]
@@ -149,6 +153,14 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_exchange_pb2.GrantPermissionResponse, _abc.Awaitable[_exchange_pb2.GrantPermissionResponse]]:
         """A provider grants a permission it signed."""
+
+    @_abc_1.abstractmethod
+    def Erase(
+        self,
+        request: _exchange_pb2.EraseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.EraseResponse, _abc.Awaitable[_exchange_pb2.EraseResponse]]:
+        """Erase a stored message after its retention review (the hub's administrators only)."""
 
     @_abc_1.abstractmethod
     def GetDirectory(
