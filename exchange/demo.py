@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,16 +126,33 @@ class Demo:
 
     # ---------------------------------------------------------------- commands
 
-    def run(self, *args: str) -> dict[str, Any]:
-        """Run an `exchange` command as a user would; its JSON output."""
+    def run(self, *args: str, process: bool = False) -> dict[str, Any]:
+        """Run an `exchange` command as a user would; its JSON output.
+
+        Commands that only touch a node's store run in this process; one that talks to
+        the hub itself runs as a process of its own (gRPC's asyncio support wants one
+        event loop per process, and the nodes here already run theirs).
+        """
         from exchange.cli.main import main
 
         shown = " ".join(a if " " not in a else f'"{a}"' for a in args)
         self.console.print(f"[dim]$ exchange {shown}[/]", highlight=False)
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = main([*args, "--certs", str(self.certs), "--format", "json"])
-        text = out.getvalue().strip()
+        full = [*args, "--certs", str(self.certs), "--format", "json"]
+        if process:
+            done = subprocess.run(
+                [str(Path(sys.executable).parent / "exchange"), *full],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**os.environ, "EXCHANGE_LOG_LEVEL": "ERROR"},
+            )
+            code, text = done.returncode, done.stdout.strip()
+        else:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = main(full)
+            text = out.getvalue().strip()
         try:
             result: dict[str, Any] = json.loads(text) if text else {}
         except json.JSONDecodeError:
@@ -327,7 +347,9 @@ def script(demo: Demo, examples: Path) -> None:
 
     c.rule("9. Albania checks what happened to its request: the hub's signed evidences")
     settle(demo)
-    status = demo.run("status", request, "--as", "AL.CTD", "--home", str(demo.home("AL.CTD")))
+    status = demo.run(
+        "status", request, "--as", "AL.CTD", "--home", str(demo.home("AL.CTD")), process=True
+    )
     chain = [
         f"{e.get('kind')} ({e.get('unit')}, log #{e.get('log_index')})"
         for e in status.get("evidences", [])
