@@ -197,6 +197,15 @@ class Demo:
         self.note(unit, f"{message_id[:8]}: {state}")
         return message_id
 
+    def answer(self, unit: str, command: str, message_id: str, *flags: str) -> str:
+        """Reply to or forward a received message from ``unit``'s node; the new message id."""
+        result = self.run(command, message_id, "--as", unit, "--home", str(self.home(unit)), *flags)
+        new_id = str(result.get("message_id", ""))
+        if not new_id:
+            raise DemoFailed(f"exchange {command} as {unit} queued nothing: {result}")
+        self.note(unit, f"{command} {new_id[:8]}: {self.outcome(unit, new_id)}")
+        return new_id
+
     def note(self, who: str, what: str) -> None:
         self.steps.append((who, what))
         self.console.print(f"  [cyan]{who}[/] {what}", highlight=False)
@@ -218,18 +227,13 @@ def script(demo: Demo, examples: Path) -> None:
     demo.note("EU.EUROPOL", f"{request[:8]}: opened and read (evidence 'read' goes to AL.CTD)")
 
     c.rule("2. Europol replies in the same case")
-    reply = demo.run(
+    reply_id = demo.answer(
+        "EU.EUROPOL",
         "reply",
         request,
-        "--as",
-        "EU.EUROPOL",
-        "--home",
-        str(demo.home("EU.EUROPOL")),
         "--text",
         "No hits in the analysis projects for the person; the company is known.",
     )
-    reply_id = str(reply.get("message_id", ""))
-    demo.note("EU.EUROPOL", f"reply {reply_id[:8]}: {demo.outcome('EU.EUROPOL', reply_id)}")
     demo.received("AL.CTD", reply_id)
 
     c.rule("3. Serbia's CT service informs Europol, copy to Austria's national unit")
@@ -254,33 +258,11 @@ def script(demo: Demo, examples: Path) -> None:
 
     c.rule("4. Europol forwards it to North Macedonia (H0: no permission needed)")
     demo.received("EU.EUROPOL", info)
-    forward = demo.run(
-        "forward",
-        info,
-        "--as",
-        "EU.EUROPOL",
-        "--to",
-        "MK.CTS",
-        "--home",
-        str(demo.home("EU.EUROPOL")),
-    )
-    forward_id = str(forward.get("message_id", ""))
-    demo.note("EU.EUROPOL", f"forward {forward_id[:8]}: {demo.outcome('EU.EUROPOL', forward_id)}")
+    forward_id = demo.answer("EU.EUROPOL", "forward", info, "--to", "MK.CTS")
     demo.received("MK.CTS", forward_id)
 
     c.rule("5. Forwarding Albania's H2 request without Albania's permission is refused")
-    refused = demo.run(
-        "forward",
-        request,
-        "--as",
-        "EU.EUROPOL",
-        "--to",
-        "RS.CTU",
-        "--home",
-        str(demo.home("EU.EUROPOL")),
-    )
-    refused_id = str(refused.get("message_id", ""))
-    demo.note("EU.EUROPOL", f"forward {refused_id[:8]}: {demo.outcome('EU.EUROPOL', refused_id)}")
+    demo.answer("EU.EUROPOL", "forward", request, "--to", "RS.CTU")
 
     c.rule("6. Montenegro's asset recovery office asks on the ARO channel")
     aro = demo.send(
@@ -314,18 +296,9 @@ def script(demo: Demo, examples: Path) -> None:
         home_unit="EU.EULEX",
     )
     demo.received("EU.EUROPOL", kosovo)
-    answer = demo.run(
-        "reply",
-        kosovo,
-        "--as",
-        "EU.EUROPOL",
-        "--home",
-        str(demo.home("EU.EUROPOL")),
-        "--text",
-        "The vehicle is recorded in two other cases.",
+    answer_id = demo.answer(
+        "EU.EUROPOL", "reply", kosovo, "--text", "The vehicle is recorded in two other cases."
     )
-    answer_id = str(answer.get("message_id", ""))
-    demo.note("EU.EUROPOL", f"reply {answer_id[:8]}: {demo.outcome('EU.EUROPOL', answer_id)}")
     demo.received("XK.KP", answer_id, home_unit="EU.EULEX")
     demo.run("read", answer_id, "--as", "XK.KP", "--home", str(demo.home("EU.EULEX")))
     demo.note("XK.KP", f"{answer_id[:8]}: read through EU.EULEX (both legs logged)")
