@@ -11,7 +11,7 @@ The decision reads the outer header only; the hub never needs the body key.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -314,7 +314,3 @@ def load_policy(folder: Path, *, registry: Registry | None = None) -> Policy:
         crypto=parse_crypto(data.get("crypto"), str(policy_path)),
         hash=digest.hexdigest(),
     )
-
-
-def rule_ids(rules: Iterable[Rule]) -> list[str]:
-    return [r.id for r in rules]

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exchange.core.clock import Clock, SystemClock
+from exchange.core.clock import Clock
 from exchange.core.evidence import DIRECTORY_PREFIX, HUB_UNIT, EvidenceSigner
 from exchange.core.keys import Directory, key_id
 from exchange.core.policy import Policy, load_policy
@@ -575,7 +575,3 @@ async def serve(config: HubConfig, *, ready: Callable[[int], None] | None = None
     log.info("hub draining", grace_seconds=config.grace_seconds)
     await hub.stop(config.grace_seconds)
     log.info("hub stopped")
-
-
-def default_clock() -> Clock:
-    return SystemClock()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 
 from sqlalchemy import Engine, select
 
@@ -179,7 +178,3 @@ class HubLog:
 
     def head_is_current(self) -> bool:
         return self._latest_size == self.leaves.size
-
-
-def now_micros(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
