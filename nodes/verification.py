@@ -15,14 +15,13 @@ from google.protobuf.message import DecodeError
 
 from exchange.core.evidence import (
     DIRECTORY_PREFIX,
-    HUB_UNIT,
     EvidenceKind,
     EvidenceView,
     verify_evidence,
+    verify_hub_signatures,
 )
-from exchange.core.keys import Directory, SigningPublicKey
-from exchange.core.suites import verify_signature
-from exchange.errors import BadSignature, EnvelopeError, MalformedEnvelope
+from exchange.core.keys import Directory
+from exchange.errors import EnvelopeError, MalformedEnvelope
 from exchange.wire.v1 import exchange_pb2 as pb
 
 __all__ = ["EvidenceMismatch", "check_evidence", "relayed_units", "verify_signed_directory"]
@@ -66,15 +65,11 @@ def verify_signed_directory(
 ) -> pb.Directory:
     """The hub's directory, once its signature verifies under the hub's certified key.
 
-    The hub signs its directory the way it signs evidences (Ed25519, same prefix).
+    The hub signs its directory like its evidences (Ed25519), under its own prefix.
     """
-    if not signed.signatures:
-        raise BadSignature("the hub's directory carries no signature")
-    for signature in signed.signatures:
-        cert = directory.key(HUB_UNIT, signature.key_id, now)
-        public: SigningPublicKey = cert.public_key  # type: ignore[assignment]
-        if not verify_signature(public, signature.value, DIRECTORY_PREFIX + signed.directory):
-            raise BadSignature("the hub's signature on the directory does not verify")
+    verify_hub_signatures(
+        signed.signatures, DIRECTORY_PREFIX + signed.directory, directory, now, "directory"
+    )
     parsed = pb.Directory()
     try:
         parsed.ParseFromString(signed.directory)

@@ -132,15 +132,28 @@ class EvidenceSigner:
         )
 
 
-def verify_evidence(evidence: pb.Evidence, directory: Directory, now: datetime) -> EvidenceView:
-    """Check the hub's signature on an evidence and return what it states."""
-    if not evidence.signatures:
-        raise BadSignature("the evidence carries no hub signature")
-    for signature in evidence.signatures:
+def verify_hub_signatures(
+    signatures: Sequence[pb.Signature],
+    signed: bytes,
+    directory: Directory,
+    now: datetime,
+    what: str,
+) -> None:
+    """Every signature over ``signed`` (prefix included) holds under a valid hub key."""
+    if not signatures:
+        raise BadSignature(f"the {what} carries no hub signature")
+    for signature in signatures:
         cert = directory.key(HUB_UNIT, signature.key_id, now)
         public: SigningPublicKey = cert.public_key  # type: ignore[assignment]
-        if not verify_signature(public, signature.value, SIGNED_PREFIX + evidence.statement):
-            raise BadSignature("the hub's signature on the evidence does not verify")
+        if not verify_signature(public, signature.value, signed):
+            raise BadSignature(f"the hub's signature on the {what} does not verify")
+
+
+def verify_evidence(evidence: pb.Evidence, directory: Directory, now: datetime) -> EvidenceView:
+    """Check the hub's signature on an evidence and return what it states."""
+    verify_hub_signatures(
+        evidence.signatures, SIGNED_PREFIX + evidence.statement, directory, now, "evidence"
+    )
     statement = pb.EvidenceStatement()
     try:
         statement.ParseFromString(evidence.statement)
