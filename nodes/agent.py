@@ -38,6 +38,7 @@ from exchange.core.keys import Directory, Keyring
 from exchange.errors import ExchangeError
 from exchange.logs import get_logger
 from exchange.pki import load_directory, load_keyring, load_tls_material
+from exchange.wire.v1 import exchange_pb2 as pb
 from nodes.client import HubCallFailed, HubClient
 from nodes.inbox import micros, receive
 from nodes.log_watch import HeadCheck, check_newest_head
@@ -95,6 +96,8 @@ class NodeConfig:
     backoff_cap: float = 5.0
     #: how often the hub's newest signed tree head is fetched and checked
     log_check_seconds: float = 30.0
+    #: outbox items (and acknowledgements) on their way to the hub at once
+    window: int = 64
 
 
 async def submit_item(
@@ -175,65 +178,92 @@ async def watch_log_once(
     return checked
 
 
+async def _acknowledged(client: HubClient, ack: Any) -> pb.Evidence | HubCallFailed:
+    try:
+        return await client.acknowledge(
+            message_id=ack.message_id,
+            sequence=ack.sequence,
+            read=ack.read,
+            on_behalf_of=ack.on_behalf_of,
+        )
+    except HubCallFailed as error:
+        return error
+
+
 async def send_pending_acks(
-    client: HubClient, store: NodeStore, directory: Directory, clock: Clock
+    client: HubClient, store: NodeStore, directory: Directory, clock: Clock, *, window: int = 1
 ) -> int:
     """Send queued acknowledgements in order; returns how many the hub answered.
 
     Stops at the first one the hub is unavailable for (raising :class:`HubCallFailed`),
     so the relay's own acknowledgement always precedes the one on the relayed unit's
     behalf. One the hub refuses for good is closed with its error and skipped.
+    With a streamed client, up to ``window`` go out together: the stream carries them
+    in order, and the hub records them in that order.
     """
     answered = 0
-    for ack in await asyncio.to_thread(store.pending_acks):
-        assert ack.id is not None
-        try:
-            evidence = await client.acknowledge(
-                message_id=ack.message_id,
-                sequence=ack.sequence,
-                read=ack.read,
-                on_behalf_of=ack.on_behalf_of,
-            )
-        except HubCallFailed as error:
-            if error.retryable:
-                await asyncio.to_thread(store.ack_failed, ack.id, error.details, final=False)
-                raise
-            await asyncio.to_thread(store.ack_failed, ack.id, error.details, final=True)
-            log.warning(
-                "acknowledgement refused",
-                message_id=ack.message_id,
-                sequence=ack.sequence,
-                code=error.code,
-            )
-            continue
-        item = await asyncio.to_thread(store.inbox_item, ack.message_id, ack.addressee)
-        try:
-            view = check_evidence(
-                evidence,
-                directory,
-                clock.now(),
-                message_id=ack.message_id,
-                envelope=item.envelope if item is not None else b"",
-                kinds=ACK_KINDS,
-            )
-        except ExchangeError as error:
-            view = None
-            failure = error
-        if view is None:
-            await asyncio.to_thread(store.ack_failed, ack.id, failure.message, final=True)
-            log.error("hub evidence does not verify", message_id=ack.message_id, code=failure.code)
-            continue
-        await asyncio.to_thread(store.ack_sent, ack.id, view)
-        answered += 1
-        log.info(
-            "acknowledged",
-            message_id=ack.message_id,
-            addressee=ack.addressee,
-            read=ack.read,
-            on_behalf_of=ack.on_behalf_of or None,
-            log_index=view.log_index,
-        )
+    pending = await asyncio.to_thread(store.pending_acks)
+    window = window if client.streamed else 1
+    for start in range(0, len(pending), window):
+        chunk = pending[start : start + window]
+        outcomes = await asyncio.gather(*(_acknowledged(client, ack) for ack in chunk))
+        for ack, outcome in zip(chunk, outcomes, strict=True):
+            answered += await _record_ack(ack, outcome, store, directory, clock)
     return answered
+
+
+async def _record_ack(
+    ack: Any,
+    outcome: pb.Evidence | HubCallFailed,
+    store: NodeStore,
+    directory: Directory,
+    clock: Clock,
+) -> int:
+    """Keep what the hub answered to one acknowledgement; 1 if it was answered.
+
+    Raises the failure when trying again may help (the acknowledgement stays queued).
+    """
+    assert ack.id is not None
+    if isinstance(outcome, HubCallFailed):
+        if outcome.retryable:
+            await asyncio.to_thread(store.ack_failed, ack.id, outcome.details, final=False)
+            raise outcome
+        await asyncio.to_thread(store.ack_failed, ack.id, outcome.details, final=True)
+        log.warning(
+            "acknowledgement refused",
+            message_id=ack.message_id,
+            sequence=ack.sequence,
+            code=outcome.code,
+        )
+        return 0
+    item = await asyncio.to_thread(store.inbox_item, ack.message_id, ack.addressee)
+    try:
+        view = check_evidence(
+            outcome,
+            directory,
+            clock.now(),
+            message_id=ack.message_id,
+            envelope=item.envelope if item is not None else b"",
+            kinds=ACK_KINDS,
+        )
+    except ExchangeError as error:
+        failure: ExchangeError | None = error
+    else:
+        failure = None
+    if failure is not None:
+        await asyncio.to_thread(store.ack_failed, ack.id, failure.message, final=True)
+        log.error("hub evidence does not verify", message_id=ack.message_id, code=failure.code)
+        return 0
+    await asyncio.to_thread(store.ack_sent, ack.id, view)
+    log.info(
+        "acknowledged",
+        message_id=ack.message_id,
+        addressee=ack.addressee,
+        read=ack.read,
+        on_behalf_of=ack.on_behalf_of or None,
+        log_index=view.log_index,
+    )
+    return 1
 
 
 class NodeAgent:
@@ -261,7 +291,10 @@ class NodeAgent:
         """Run the node's tasks until ``stop`` is set, then close cleanly."""
         # Every log line of this node's tasks (and their threads) names the unit.
         structlog.contextvars.bind_contextvars(unit=self.config.unit)
-        client = HubClient(self.config.hub, self.tls, server_name=self.config.hub_name)
+        # submissions and acknowledgements over long-lived streams, many at a time
+        client = HubClient(
+            self.config.hub, self.tls, server_name=self.config.hub_name, streamed=True
+        )
         log.info("node started", hub=self.config.hub, home=str(self.config.home))
         tasks = [
             asyncio.create_task(self._guard("outbox", self._outbox_loop, client)),
@@ -310,20 +343,25 @@ class NodeAgent:
     async def _outbox_loop(self, client: HubClient) -> None:
         retry_at: dict[str, float] = {}
         backoffs: dict[str, Backoff] = {}
+        slots = asyncio.Semaphore(self.config.window)
         while True:
             queued = await asyncio.to_thread(self.store.outbox, states=[OutboxState.QUEUED])
             now = time.monotonic()
-            for item in queued:
-                if retry_at.get(item.message_id, 0.0) > now:
-                    continue
-                try:
-                    await submit_item(item, client, self.store, self.directory, self.clock)
-                except HubCallFailed:
-                    backoff = backoffs.setdefault(item.message_id, self._backoff())
-                    retry_at[item.message_id] = time.monotonic() + backoff.next()
-                    continue
+            due = [item for item in queued if retry_at.get(item.message_id, 0.0) <= now]
+
+            async def send(item: OutboxRow) -> None:
+                async with slots:
+                    try:
+                        await submit_item(item, client, self.store, self.directory, self.clock)
+                    except HubCallFailed:
+                        backoff = backoffs.setdefault(item.message_id, self._backoff())
+                        retry_at[item.message_id] = time.monotonic() + backoff.next()
+                        return
                 retry_at.pop(item.message_id, None)
                 backoffs.pop(item.message_id, None)
+
+            # in queue order, up to `window` on their way at once (one stream carries them)
+            await asyncio.gather(*(send(item) for item in due))
             pending = [t for m, t in retry_at.items() if any(q.message_id == m for q in queued)]
             delay = self.config.poll_seconds
             if pending:
@@ -378,7 +416,9 @@ class NodeAgent:
         while True:
             delay = self.config.poll_seconds
             try:
-                await send_pending_acks(client, self.store, self.directory, self.clock)
+                await send_pending_acks(
+                    client, self.store, self.directory, self.clock, window=self.config.window
+                )
                 backoff.reset()
             except HubCallFailed:
                 delay = backoff.next()

@@ -14,10 +14,13 @@ help (:attr:`HubCallFailed.retryable`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import re
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -26,7 +29,7 @@ from exchange.pki.tls import TlsMaterial
 from exchange.wire.v1 import exchange_pb2 as pb
 from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
 
-__all__ = ["RETRYABLE", "HubCallFailed", "HubClient"]
+__all__ = ["RETRYABLE", "HubCallFailed", "HubClient", "StreamedCalls"]
 
 #: statuses worth trying again: the hub or the network is away, or was slow
 RETRYABLE = frozenset(
@@ -67,6 +70,106 @@ class HubCallFailed(ExchangeError):
         return cls(error.code(), error.details() or "")
 
 
+class _Tagged(Protocol):
+    tag: int
+
+
+Request = TypeVar("Request", bound=_Tagged)
+Answer = TypeVar("Answer")
+
+
+class StreamedCalls(Generic[Request, Answer]):
+    """Requests over one long-lived stream (SubmitStream, AcknowledgeStream), by tag.
+
+    ``await calls.call(request)`` writes the request on the open stream (opening it
+    first if need be) and returns the answer with its tag; many calls may wait at once.
+    The hub answers a failed request with its unary status, raised here as
+    :class:`HubCallFailed`; when the stream itself breaks, every waiting call fails
+    with the stream's status (retryable when the hub is away), and the next call
+    opens a new stream.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[AsyncIterator[Request]], Any],
+        *,
+        timeout: float,
+    ) -> None:
+        self._open_stream = open_stream
+        self.timeout = timeout
+        self._tags = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Answer]] = {}
+        self._outgoing: asyncio.Queue[Request | None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def call(self, request: Request) -> Answer:
+        if self._outgoing is None or self._reader is None or self._reader.done():
+            self._open()
+        assert self._outgoing is not None
+        tag = next(self._tags)
+        request.tag = tag
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._waiting[tag] = answer
+        self._outgoing.put_nowait(request)
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await answer
+        except TimeoutError:
+            raise HubCallFailed(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no answer on the stream within {self.timeout:g} s",
+            ) from None
+        finally:
+            self._waiting.pop(tag, None)
+        answered: Any = response
+        if answered.HasField("failure"):
+            failure = answered.failure
+            status = grpc.StatusCode[failure.status] if failure.status in _STATUS else None
+            raise HubCallFailed(
+                status or grpc.StatusCode.UNKNOWN, f"[{failure.code}] {failure.message}"
+            )
+        return response
+
+    def _open(self) -> None:
+        outgoing: asyncio.Queue[Request | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[Request]:
+            while (request := await outgoing.get()) is not None:
+                yield request
+
+        self._outgoing = outgoing
+        self._reader = asyncio.create_task(self._read(self._open_stream(requests())))
+
+    async def _read(self, stream: Any) -> None:
+        failure = HubCallFailed(grpc.StatusCode.UNAVAILABLE, "the hub ended the stream")
+        try:
+            async for response in stream:
+                waiting = self._waiting.pop(response.tag, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(response)
+        except grpc.aio.AioRpcError as error:
+            failure = HubCallFailed.of(error)
+        finally:
+            stream.cancel()
+            # whoever still waits will not be answered on this stream
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(failure)
+            self._waiting.clear()
+
+    async def close(self) -> None:
+        if self._outgoing is not None:
+            self._outgoing.put_nowait(None)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._outgoing = self._reader = None
+
+
+_STATUS = frozenset(code.name for code in grpc.StatusCode)
+
+
 class HubClient:
     """One channel to the hub for one unit (the node's own, or a sender's for ``--hub``)."""
 
@@ -77,6 +180,7 @@ class HubClient:
         *,
         server_name: str | None = None,
         timeout: float = 15.0,
+        streamed: bool = False,
     ) -> None:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=tls.root_ca_pem,
@@ -101,6 +205,15 @@ class HubClient:
         self.timeout = timeout
         self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.HubStub(self._channel)
+        #: submit and acknowledge over long-lived streams (a running node) rather than
+        #: a call each (a one-off command)
+        self.streamed = streamed
+        self._submits: StreamedCalls[pb.SubmitRequest, pb.SubmitResponse] = StreamedCalls(
+            self._stub.SubmitStream, timeout=timeout
+        )
+        self._acks: StreamedCalls[pb.AcknowledgeRequest, pb.AcknowledgeResponse] = StreamedCalls(
+            self._stub.AcknowledgeStream, timeout=timeout
+        )
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -114,11 +227,15 @@ class HubClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (ends any open Subscribe stream)."""
+        """Close the channel (ends any open stream)."""
+        await self._submits.close()
+        await self._acks.close()
         await self._channel.close()
 
     async def submit(self, envelope: bytes) -> pb.Evidence:
         """Submit a sealed envelope; the hub's evidence (accepted or refused)."""
+        if self.streamed:
+            return (await self._submits.call(pb.SubmitRequest(envelope=envelope))).evidence
         try:
             response = await self._stub.Submit(
                 pb.SubmitRequest(envelope=envelope), timeout=self.timeout
@@ -141,16 +258,13 @@ class HubClient:
         self, *, message_id: str, sequence: int, read: bool, on_behalf_of: str = ""
     ) -> pb.Evidence:
         """Tell the hub a delivery reached the node (or a person, ``read``)."""
+        request = pb.AcknowledgeRequest(
+            message_id=message_id, sequence=sequence, read=read, on_behalf_of=on_behalf_of
+        )
+        if self.streamed:
+            return (await self._acks.call(request)).evidence
         try:
-            response = await self._stub.Acknowledge(
-                pb.AcknowledgeRequest(
-                    message_id=message_id,
-                    sequence=sequence,
-                    read=read,
-                    on_behalf_of=on_behalf_of,
-                ),
-                timeout=self.timeout,
-            )
+            response = await self._stub.Acknowledge(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             raise HubCallFailed.of(error) from None
         return response.evidence

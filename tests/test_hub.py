@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from exchange.hub.background import BackgroundHub
 from exchange.hub.server import HubConfig
 from exchange.pki import init_pki, load_directory, load_keyring, load_tls_material, revoke_subject
 from exchange.store.database import make_engine
-from exchange.store.tables import DeliveryRow, LogEntryRow, MessageRow
+from exchange.store.tables import LOG_ENTRIES, DeliveryRow, LogEntryRow, MessageRow
 from exchange.wire.v1 import exchange_pb2 as pb
 from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -352,3 +353,187 @@ def test_sender_fetches_the_evidence_chain_and_strangers_cannot(hub: Hub) -> Non
             pb.GetEvidencesRequest(message_id=envelope.message_id), timeout=TIMEOUT
         )
     assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+# ---------------------------------------------------------------- request streams
+
+
+def _answers_by_tag(responses: Iterator[Any], count: int) -> dict[int, Any]:
+    answers: dict[int, Any] = {}
+    for response in responses:
+        answers[response.tag] = response
+        if len(answers) == count:
+            break
+    return answers
+
+
+def test_forged_and_garbled_requests_on_a_submit_stream_fail_alone(hub: Hub) -> None:
+    """One stream, five requests: each answered by its tag, failures as the unary status."""
+    good = hub.seal("AL.CTD", header_json())
+    forged = hub.seal("RS.CTU", header_json(sender="RS.CTU"))
+    off_channel = hub.seal("AL.CTD", header_json(to=["ME.ARO"]))  # ME.ARO is not on CT
+    later = hub.seal("AL.CTD", header_json())
+    requests = [
+        pb.SubmitRequest(envelope=good.raw, tag=1),
+        pb.SubmitRequest(envelope=forged.raw, tag=2),
+        pb.SubmitRequest(envelope=os.urandom(300), tag=3),
+        pb.SubmitRequest(envelope=off_channel.raw, tag=4),
+        pb.SubmitRequest(envelope=later.raw, tag=5),
+    ]
+    call = hub.stub("AL.CTD").SubmitStream(iter(requests), timeout=TIMEOUT)
+    answers = _answers_by_tag(call, len(requests))
+    call.cancel()
+    directory = load_directory(hub.certs)
+    now = datetime.now(UTC)
+    for tag, envelope in ((1, good), (5, later)):
+        accepted = verify_evidence(answers[tag].evidence, directory, now)
+        assert (accepted.kind, accepted.message_id) == (EvidenceKind.ACCEPTED, envelope.message_id)
+        assert not answers[tag].HasField("failure")
+    assert (answers[2].failure.status, answers[2].failure.code) == (
+        "PERMISSION_DENIED",
+        "AUTH-SENDER-MISMATCH",
+    )
+    assert "RS.CTU" in answers[2].failure.message
+    assert answers[3].failure.status == "INVALID_ARGUMENT"
+    refused = verify_evidence(answers[4].evidence, directory, now)
+    assert refused.kind is EvidenceKind.REFUSED
+    assert [v.rule for v in refused.violations] == ["CH-NOT-MEMBER"]
+    assert hub.rows(MessageRow) == 2
+    assert hub.rows(LogEntryRow) == 4  # policy loaded, two accepted, one refused
+
+
+def test_replay_on_a_submit_stream_returns_the_original_evidence(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json())
+    stub = hub.stub("AL.CTD")
+    first = stub.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
+    call = stub.SubmitStream(
+        iter([pb.SubmitRequest(envelope=envelope.raw, tag=9)]), timeout=TIMEOUT
+    )
+    (again,) = list(call)
+    assert (again.tag, again.evidence) == (9, first)
+    assert hub.rows(MessageRow) == 1
+
+
+def test_acknowledge_stream_records_in_order_and_refuses_foreign_deliveries(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json())
+    hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+    receiver = hub.stub("EU.EUROPOL")
+    stream = receiver.Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
+    delivery = next(iter(stream))
+    stream.cancel()
+    requests = [
+        pb.AcknowledgeRequest(message_id=envelope.message_id, sequence=delivery.sequence, tag=1),
+        pb.AcknowledgeRequest(
+            message_id=envelope.message_id, sequence=delivery.sequence, read=True, tag=2
+        ),
+        # the sender may not acknowledge the recipient's delivery
+        pb.AcknowledgeRequest(message_id=envelope.message_id, sequence=delivery.sequence, tag=3),
+    ]
+    answers = _answers_by_tag(receiver.AcknowledgeStream(iter(requests[:2]), timeout=TIMEOUT), 2)
+    directory = load_directory(hub.certs)
+    kinds = [
+        verify_evidence(answers[t].evidence, directory, datetime.now(UTC)).kind for t in (1, 2)
+    ]
+    assert kinds == [EvidenceKind.DELIVERED, EvidenceKind.READ]
+    (foreign,) = list(hub.stub("AL.CTD").AcknowledgeStream(iter(requests[2:]), timeout=TIMEOUT))
+    assert (foreign.failure.status, foreign.failure.code) == (
+        "FAILED_PRECONDITION",
+        "NO-SUCH-DELIVERY",
+    )
+    engine = make_engine(hub.db_url)
+    with engine.connect() as db:
+        events = db.execute(select(LOG_ENTRIES.c.kind).order_by(LOG_ENTRIES.c.idx)).scalars().all()
+    assert events[-3:] == ["accepted", "delivered", "acknowledged"]
+
+
+def test_relayed_unit_cannot_open_a_submit_stream(hub: Hub) -> None:
+    envelope = hub.seal("AL.CTD", header_json())
+    call = hub.stub("XK.KP").SubmitStream(
+        iter([pb.SubmitRequest(envelope=envelope.raw, tag=1)]), timeout=TIMEOUT
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        list(call)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert hub.rows(MessageRow) == 0
+
+
+def test_stopping_hub_answers_in_flight_and_ends_open_streams(
+    dev_pki: Path, tmp_path: Path
+) -> None:
+    running = run_hub(dev_pki, f"sqlite:///{tmp_path / 'hub.db'}")
+    hub = Hub(dev_pki, running.port, f"sqlite:///{tmp_path / 'hub.db'}")
+    envelope = hub.seal("AL.CTD", header_json())
+    outgoing: queue.SimpleQueue[pb.SubmitRequest | None] = queue.SimpleQueue()
+
+    def requests() -> Iterator[pb.SubmitRequest]:
+        while (request := outgoing.get()) is not None:
+            yield request
+
+    call = hub.stub("AL.CTD").SubmitStream(requests(), timeout=60)
+    outgoing.put(pb.SubmitRequest(envelope=envelope.raw, tag=1))
+    first = next(call)
+    assert first.evidence.statement
+    running.stop(grace=30)  # the open stream ends at once, not after the grace period
+    assert list(call) == []
+    assert call.code() is grpc.StatusCode.OK
+    outgoing.put(None)
+
+
+def test_streamed_client_fails_waiting_calls_retryably_and_reopens_after_restart(
+    dev_pki: Path, tmp_path: Path
+) -> None:
+    """A node's stream dies with the hub: its calls fail retryable, the next one reconnects."""
+    import asyncio
+
+    from nodes.client import HubCallFailed, HubClient
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    running = run_hub(dev_pki, url)
+    port = running.port
+    hub = Hub(dev_pki, port, url)
+    first, second = hub.seal("AL.CTD", header_json()), hub.seal("AL.CTD", header_json())
+
+    retried: list[bool] = []
+
+    async def scenario() -> tuple[pb.Evidence, HubCallFailed, pb.Evidence | None]:
+        tls = load_tls_material(dev_pki, "AL.CTD")
+        async with HubClient(f"127.0.0.1:{port}", tls, streamed=True, timeout=10) as client:
+            accepted = await client.submit(first.raw)
+            await asyncio.to_thread(running.stop)
+            try:
+                await client.submit(second.raw)
+            except HubCallFailed as error:
+                away = error
+            restarted = BackgroundHub(
+                HubConfig(
+                    listen=f"127.0.0.1:{port}",
+                    certs=dev_pki,
+                    db_url=url,
+                    policies=POLICIES,
+                    clock=SystemClock(),
+                )
+            )
+            await asyncio.to_thread(restarted.start)
+            try:
+                # as a node's outbox does: try again until the channel is back
+                again = None
+                for _ in range(50):
+                    try:
+                        again = await client.submit(second.raw)
+                        break
+                    except HubCallFailed as error:
+                        retried.append(error.retryable)
+                        await asyncio.sleep(0.2)
+            finally:
+                await asyncio.to_thread(restarted.stop)
+            return accepted, away, again
+
+    accepted, away, again = asyncio.run(scenario())
+    assert away.retryable
+    assert all(retried)
+    assert again is not None
+    directory = load_directory(dev_pki)
+    for evidence, envelope in ((accepted, first), (again, second)):
+        view = verify_evidence(evidence, directory, datetime.now(UTC))
+        assert (view.kind, view.message_id) == (EvidenceKind.ACCEPTED, envelope.message_id)
+    assert hub.rows(MessageRow) == 2

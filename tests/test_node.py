@@ -251,6 +251,7 @@ class FakeHub:
 
     answers: list[Any] = field(default_factory=list)
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    streamed: bool = False
 
     def _next(self, call: str, value: Any) -> Any:
         self.calls.append((call, value))

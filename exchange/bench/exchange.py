@@ -44,6 +44,7 @@ from exchange.pki.files import write_certificate, write_private_key
 from exchange.pki.layout import PkiLayout, Role
 from exchange.wire.v1 import exchange_pb2 as pb
 from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
+from nodes.client import StreamedCalls
 
 POLICY = "limits:\n  max_envelope_bytes: 53477376\ncrypto:\n  minimum_suite: classic-2026\n"
 
@@ -243,6 +244,7 @@ async def _load(
     concurrency: int,
     rate: float | None,
     hub_pid: int,
+    streamed: bool = True,
     ack_window: int = 8,
 ) -> dict[str, Any]:
     """Submit every envelope, receive and acknowledge every delivery; the figures.
@@ -250,10 +252,32 @@ async def _load(
     Each node acknowledges as a node does: what it received is queued, and an
     acknowledgement sender answers the hub beside the subscription (``ack_window``
     acknowledgements in flight per node), so receiving never waits on acknowledging.
+    ``streamed``: submissions and acknowledgements go over each node's SubmitStream
+    and AcknowledgeStream, as a running node sends them; otherwise a unary call each.
     """
     channels = {u: channel_for(prepared.certs, u, port) for u in prepared.units}
     await connected(channels.values())
     stubs = {u: pb_grpc.HubStub(c) for u, c in channels.items()}
+    submits: dict[str, StreamedCalls[pb.SubmitRequest, pb.SubmitResponse]] = {
+        u: StreamedCalls(s.SubmitStream, timeout=120) for u, s in stubs.items()
+    }
+    acks: dict[str, StreamedCalls[pb.AcknowledgeRequest, pb.AcknowledgeResponse]] = {
+        u: StreamedCalls(s.AcknowledgeStream, timeout=120) for u, s in stubs.items()
+    }
+
+    async def submit_call(sender: str, raw: bytes) -> pb.SubmitResponse:
+        request = pb.SubmitRequest(envelope=raw)
+        if streamed:
+            return await submits[sender].call(request)
+        response: pb.SubmitResponse = await stubs[sender].Submit(request)
+        return response
+
+    async def acknowledge_call(unit: str, request: pb.AcknowledgeRequest) -> None:
+        if streamed:
+            await acks[unit].call(request)
+        else:
+            await stubs[unit].Acknowledge(request)
+
     submitted_at: dict[str, float] = {}
     delivered_at: dict[str, float] = {}
     acknowledged: set[str] = set()
@@ -274,11 +298,12 @@ async def _load(
                 all_delivered.set()
 
     async def acknowledger(unit: str) -> None:
-        queue, stub = to_acknowledge[unit], stubs[unit]
+        queue = to_acknowledge[unit]
         while True:
             delivery = await queue.get()
-            await stub.Acknowledge(
-                pb.AcknowledgeRequest(message_id=delivery.message_id, sequence=delivery.sequence)
+            await acknowledge_call(
+                unit,
+                pb.AcknowledgeRequest(message_id=delivery.message_id, sequence=delivery.sequence),
             )
             acknowledged.add(delivery.message_id)
             if len(acknowledged) >= expected:
@@ -299,7 +324,7 @@ async def _load(
             await asyncio.sleep(max(0.0, start + index * interval - time.perf_counter()))
         began = time.perf_counter()
         submitted_at[message_id] = began
-        response = await stubs[sender].Submit(pb.SubmitRequest(envelope=raw))
+        response = await submit_call(sender, raw)
         if response.evidence.statement:
             accepted += 1
         return (time.perf_counter() - began) * 1000
@@ -317,6 +342,9 @@ async def _load(
     for task in nodes:
         task.cancel()
     await asyncio.gather(*nodes, return_exceptions=True)
+    for streams in (submits, acks):
+        for calls in streams.values():
+            await calls.close()
     for channel in channels.values():
         await channel.close()
     end_to_end = [

@@ -61,6 +61,7 @@ from exchange.hub.errors import (
     UnknownDelivery,
 )
 from exchange.hub.service import HubService
+from exchange.hub.streams import RequestStreams
 from exchange.logs import get_logger
 from exchange.pki import load_directory, load_hub_keyring
 from exchange.pki.errors import UnsuitableCertificate, UntrustedCertificate
@@ -112,6 +113,12 @@ def status_for(error: BaseException) -> grpc.StatusCode:
         if isinstance(error, kind):
             return status
     return grpc.StatusCode.INTERNAL
+
+
+def failure_for(error: ExchangeError) -> pb.CallFailure:
+    """What a stream answers for a request that failed: its unary call's status and code."""
+    log.info("request refused", code=error.code, reason=error.message)
+    return pb.CallFailure(status=status_for(error).name, code=error.code, message=error.message)
 
 
 class CallerIdentity:
@@ -226,6 +233,28 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None:
+            inner_bidi = handler.stream_stream
+
+            async def bidi(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                # authenticated once, when the stream opens; each request's failure is
+                # answered on the stream (see exchange.hub.streams)
+                await self._enter(name, context)
+                try:
+                    async for item in inner_bidi(requests, context):
+                        yield item
+                except ExchangeError as error:
+                    await self._abort(context, error)
+                finally:
+                    structlog.contextvars.clear_contextvars()
+
+            return grpc.stream_stream_rpc_method_handler(
+                bidi,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     async def _enter(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -251,11 +280,16 @@ class HubServicer(pb_grpc.HubServicer):
     """Protobuf in, protobuf out; everything else is HubService."""
 
     def __init__(
-        self, service: HubService, directory_message: pb.SignedDirectory, stopping: asyncio.Event
+        self,
+        service: HubService,
+        directory_message: pb.SignedDirectory,
+        stopping: asyncio.Event,
+        streams: RequestStreams | None = None,
     ) -> None:
         self.service = service
         self.directory_message = directory_message
         self.stopping = stopping
+        self.streams = streams or RequestStreams()
         #: a stream idle this long reads the store anyway (a safety net: deliveries
         #: reach open streams from the writer, see HubService)
         self.poll_seconds = 30.0
@@ -267,6 +301,24 @@ class HubServicer(pb_grpc.HubServicer):
     ) -> pb.SubmitResponse:
         evidence = await self.service.submit(CALLER.get(), request.envelope)
         return pb.SubmitResponse(evidence=evidence)
+
+    async def SubmitStream(
+        self,
+        requests: AsyncIterator[pb.SubmitRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.SubmitResponse]:
+        caller = CALLER.get()
+        submit = self.service.submit
+
+        async def one(request: pb.SubmitRequest) -> pb.SubmitResponse:
+            try:
+                evidence = await submit(caller, request.envelope)
+            except ExchangeError as error:
+                return pb.SubmitResponse(tag=request.tag, failure=failure_for(error))
+            return pb.SubmitResponse(tag=request.tag, evidence=evidence)
+
+        async for response in self.streams.answer(requests, one):
+            yield response
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -323,6 +375,30 @@ class HubServicer(pb_grpc.HubServicer):
             on_behalf_of=request.on_behalf_of,
         )
         return pb.AcknowledgeResponse(evidence=evidence)
+
+    async def AcknowledgeStream(
+        self,
+        requests: AsyncIterator[pb.AcknowledgeRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.AcknowledgeResponse]:
+        caller = CALLER.get()
+        acknowledge = self.service.acknowledge
+
+        async def one(request: pb.AcknowledgeRequest) -> pb.AcknowledgeResponse:
+            try:
+                evidence = await acknowledge(
+                    caller,
+                    message_id=request.message_id,
+                    sequence=request.sequence,
+                    read=request.read,
+                    on_behalf_of=request.on_behalf_of,
+                )
+            except ExchangeError as error:
+                return pb.AcknowledgeResponse(tag=request.tag, failure=failure_for(error))
+            return pb.AcknowledgeResponse(tag=request.tag, evidence=evidence)
+
+        async for response in self.streams.answer(requests, one):
+            yield response
 
     async def Forward(
         self, request: pb.ForwardRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -464,11 +540,13 @@ class RunningHub:
     service: HubService
     port: int
     stopping: asyncio.Event
+    streams: RequestStreams
 
     async def stop(self, grace: float = 10.0) -> None:
         """Drain: refuse new calls, end streams, finish in-flight submits, stop the writer."""
         self.stopping.set()
         self.service.wake_subscribers()
+        self.streams.stop_reading()
         await self.server.stop(grace)
         await asyncio.to_thread(self.service.stop)
 
@@ -503,11 +581,13 @@ async def start_hub(config: HubConfig) -> RunningHub:
         ],
     )
     stopping = asyncio.Event()
+    streams = RequestStreams()
     pb_grpc.add_HubServicer_to_server(
         HubServicer(
             service,
             directory_message(policy, directory, config.certs, signer, config.clock),
             stopping,
+            streams,
         ),
         server,
     )
@@ -535,7 +615,7 @@ async def start_hub(config: HubConfig) -> RunningHub:
     await service.record_policy()
     await server.start()
     log.info("hub serving", listen=config.listen, port=port, policy_hash=policy.hash[:16])
-    return RunningHub(server=server, service=service, port=port, stopping=stopping)
+    return RunningHub(server=server, service=service, port=port, stopping=stopping, streams=streams)
 
 
 def raise_open_files_limit() -> None:

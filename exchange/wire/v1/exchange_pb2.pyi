@@ -1265,16 +1265,20 @@ class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVELOPE_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
     envelope: _builtins.bytes
     """serialized SealedEnvelope"""
+    tag: _builtins.int
+    """SubmitStream only: chosen by the caller, echoed in its response"""
     def __init__(
         self,
         *,
         envelope: _builtins.bytes = ...,
+        tag: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1285,20 +1289,64 @@ class SubmitResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    """SubmitStream only: the tag of the request this answers"""
     @_builtins.property
-    def evidence(self) -> Global___Evidence: ...
+    def evidence(self) -> Global___Evidence:
+        """unset when `failure` is set"""
+
+    @_builtins.property
+    def failure(self) -> Global___CallFailure:
+        """SubmitStream only: why this request was not carried out"""
+
     def __init__(
         self,
         *,
         evidence: Global___Evidence | None = ...,
+        tag: _builtins.int = ...,
+        failure: Global___CallFailure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "failure", b"failure", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
+
+@_typing.final
+class CallFailure(_message.Message):
+    """On a stream, one request's failure does not end the stream: its response carries
+    what the status of a unary call would have said.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """the gRPC status code name the unary call returns (e.g. PERMISSION_DENIED)"""
+    code: _builtins.str
+    """the stable rule or check id (e.g. AUTH-SENDER-MISMATCH)"""
+    message: _builtins.str
+    """the reason, in a sentence"""
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallFailure: _TypeAlias = CallFailure  # noqa: Y015
 
 @_typing.final
 class SubscribeRequest(_message.Message):
@@ -1365,11 +1413,14 @@ class AcknowledgeRequest(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     READ_FIELD_NUMBER: _builtins.int
     ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     sequence: _builtins.int
     read: _builtins.bool
     """true: read by a person; false: delivered to the node's inbox"""
     on_behalf_of: _builtins.str
+    tag: _builtins.int
+    """AcknowledgeStream only: echoed in its response"""
     def __init__(
         self,
         *,
@@ -1377,10 +1428,11 @@ class AcknowledgeRequest(_message.Message):
         sequence: _builtins.int = ...,
         read: _builtins.bool = ...,
         on_behalf_of: _builtins.str = ...,
+        tag: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "on_behalf_of", b"on_behalf_of", "read", b"read", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "on_behalf_of", b"on_behalf_of", "read", b"read", "sequence", b"sequence", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1391,16 +1443,28 @@ class AcknowledgeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    """AcknowledgeStream only: the tag of the request this answers"""
     @_builtins.property
-    def evidence(self) -> Global___Evidence: ...
+    def evidence(self) -> Global___Evidence:
+        """unset when `failure` is set"""
+
+    @_builtins.property
+    def failure(self) -> Global___CallFailure:
+        """AcknowledgeStream only: why this request was not carried out"""
+
     def __init__(
         self,
         *,
         evidence: Global___Evidence | None = ...,
+        tag: _builtins.int = ...,
+        failure: Global___CallFailure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "failure", b"failure", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -40,6 +40,11 @@ class HubStub:
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/exchange.v1.Hub/SubmitStream',
+                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/exchange.v1.Hub/Subscribe',
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubscribeRequest.SerializeToString,
@@ -47,6 +52,11 @@ class HubStub:
                 _registered_method=True)
         self.Acknowledge = channel.unary_unary(
                 '/exchange.v1.Hub/Acknowledge',
+                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.SerializeToString,
+                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeStream = channel.stream_stream(
+                '/exchange.v1.Hub/AcknowledgeStream',
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.SerializeToString,
                 response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.FromString,
                 _registered_method=True)
@@ -114,6 +124,16 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitStream(self, request_iterator, context):
+        """Submit over one long-lived stream (a node's outbox): requests are taken in order,
+        each answered by its tag as soon as its evidence is committed, without waiting
+        for the others; a request that fails gets a response with `failure`, and the
+        stream goes on. Cheaper per message than Submit, the same rules and evidences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """Stream the caller's pending deliveries, resuming after a cursor.
         """
@@ -123,6 +143,15 @@ class HubServicer:
 
     def Acknowledge(self, request, context):
         """Record that a delivery reached the node (delivered) or a person (read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeStream(self, request_iterator, context):
+        """Acknowledge over one long-lived stream, as SubmitStream does for Submit; requests
+        are recorded in the order sent (a relay's own acknowledgement before the one on
+        the relayed unit's behalf).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +235,11 @@ def add_HubServicer_to_server(servicer, server):
                     request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.FromString,
                     response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.SerializeToString,
             ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.FromString,
+                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.SerializeToString,
+            ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
                     request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubscribeRequest.FromString,
@@ -213,6 +247,11 @@ def add_HubServicer_to_server(servicer, server):
             ),
             'Acknowledge': grpc.unary_unary_rpc_method_handler(
                     servicer.Acknowledge,
+                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.FromString,
+                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.SerializeToString,
+            ),
+            'AcknowledgeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AcknowledgeStream,
                     request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.FromString,
                     response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.SerializeToString,
             ),
@@ -306,6 +345,33 @@ class Hub:
             _registered_method=True)
 
     @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/exchange.v1.Hub/SubmitStream',
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.SerializeToString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Subscribe(request,
             target,
             options=(),
@@ -347,6 +413,33 @@ class Hub:
             request,
             target,
             '/exchange.v1.Hub/Acknowledge',
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.SerializeToString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/exchange.v1.Hub/AcknowledgeStream',
             exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.SerializeToString,
             exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.FromString,
             options,

@@ -42,10 +42,21 @@ class HubStub:
     """Submit a sealed envelope; returns the hub-signed evidence (accepted or refused),
     sent only after the message and its log entry are committed.
     """
+    SubmitStream: _grpc.StreamStreamMultiCallable[_exchange_pb2.SubmitRequest, _exchange_pb2.SubmitResponse]
+    """Submit over one long-lived stream (a node's outbox): requests are taken in order,
+    each answered by its tag as soon as its evidence is committed, without waiting
+    for the others; a request that fails gets a response with `failure`, and the
+    stream goes on. Cheaper per message than Submit, the same rules and evidences.
+    """
     Subscribe: _grpc.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Delivery]
     """Stream the caller's pending deliveries, resuming after a cursor."""
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]
     """Record that a delivery reached the node (delivered) or a person (read)."""
+    AcknowledgeStream: _grpc.StreamStreamMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]
+    """Acknowledge over one long-lived stream, as SubmitStream does for Submit; requests
+    are recorded in the order sent (a relay's own acknowledgement before the one on
+    the relayed unit's behalf).
+    """
     Forward: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.ForwardRequest, _exchange_pb2.ForwardResponse]
     """Re-address a stored message to new recipients (body re-encrypted by the forwarder)."""
     RequestPermission: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.PermissionRequest, _exchange_pb2.PermissionRequestResponse]
@@ -76,10 +87,21 @@ class HubAsyncStub(HubStub):
     """Submit a sealed envelope; returns the hub-signed evidence (accepted or refused),
     sent only after the message and its log entry are committed.
     """
+    SubmitStream: _aio.StreamStreamMultiCallable[_exchange_pb2.SubmitRequest, _exchange_pb2.SubmitResponse]  # type: ignore[assignment]
+    """Submit over one long-lived stream (a node's outbox): requests are taken in order,
+    each answered by its tag as soon as its evidence is committed, without waiting
+    for the others; a request that fails gets a response with `failure`, and the
+    stream goes on. Cheaper per message than Submit, the same rules and evidences.
+    """
     Subscribe: _aio.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Delivery]  # type: ignore[assignment]
     """Stream the caller's pending deliveries, resuming after a cursor."""
     Acknowledge: _aio.UnaryUnaryMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """Record that a delivery reached the node (delivered) or a person (read)."""
+    AcknowledgeStream: _aio.StreamStreamMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]  # type: ignore[assignment]
+    """Acknowledge over one long-lived stream, as SubmitStream does for Submit; requests
+    are recorded in the order sent (a relay's own acknowledgement before the one on
+    the relayed unit's behalf).
+    """
     Forward: _aio.UnaryUnaryMultiCallable[_exchange_pb2.ForwardRequest, _exchange_pb2.ForwardResponse]  # type: ignore[assignment]
     """Re-address a stored message to new recipients (body re-encrypted by the forwarder)."""
     RequestPermission: _aio.UnaryUnaryMultiCallable[_exchange_pb2.PermissionRequest, _exchange_pb2.PermissionRequestResponse]  # type: ignore[assignment]
@@ -115,6 +137,18 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def SubmitStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_exchange_pb2.SubmitRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.SubmitResponse], _abc.AsyncIterator[_exchange_pb2.SubmitResponse]]:
+        """Submit over one long-lived stream (a node's outbox): requests are taken in order,
+        each answered by its tag as soon as its evidence is committed, without waiting
+        for the others; a request that fails gets a response with `failure`, and the
+        stream goes on. Cheaper per message than Submit, the same rules and evidences.
+        """
+
+    @_abc_1.abstractmethod
     def Subscribe(
         self,
         request: _exchange_pb2.SubscribeRequest,
@@ -129,6 +163,17 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_exchange_pb2.AcknowledgeResponse, _abc.Awaitable[_exchange_pb2.AcknowledgeResponse]]:
         """Record that a delivery reached the node (delivered) or a person (read)."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_exchange_pb2.AcknowledgeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.AcknowledgeResponse], _abc.AsyncIterator[_exchange_pb2.AcknowledgeResponse]]:
+        """Acknowledge over one long-lived stream, as SubmitStream does for Submit; requests
+        are recorded in the order sent (a relay's own acknowledgement before the one on
+        the relayed unit's behalf).
+        """
 
     @_abc_1.abstractmethod
     def Forward(

@@ -1,0 +1,91 @@
+"""Request streams (SubmitStream, AcknowledgeStream): many requests in flight on one call.
+
+A node with several messages to submit or deliveries to acknowledge keeps one stream
+open instead of making a unary call each: a message on an open HTTP/2 stream costs
+gRPC a fraction of a call. The hub takes the requests in the order they arrive, starts
+each at once (so they reach the group-commit writer in that order and share its
+commits), and answers each by its tag as soon as it is done; a failed request is
+answered with what its unary call's status would have said, and the stream goes on.
+
+At most ``window`` requests of a stream are in flight: beyond that the hub stops
+reading, and HTTP/2 flow control holds the sender back. When the hub stops, it stops
+reading every stream, answers what is in flight, and ends the streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+class RequestStreams:
+    """The hub's open request streams: answers them, and stops reading them all on stop."""
+
+    def __init__(self, window: int = 256) -> None:
+        self.window = window
+        self._readers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def stop_reading(self) -> None:
+        """Read no more requests; what is in flight is answered, then the streams end."""
+        self._stopping = True
+        for reader in list(self._readers):
+            reader.cancel()
+
+    async def answer(
+        self,
+        requests: AsyncIterator[Request],
+        handle: Callable[[Request], Awaitable[Response]],
+    ) -> AsyncIterator[Response]:
+        """Run ``handle`` on each request as it arrives; yield the answers as they are ready.
+
+        ``handle`` must answer every request (a failure is an answer too): an exception
+        escaping it ends the stream.
+        """
+        answers: asyncio.Queue[Response | BaseException | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.window)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def run(request: Request) -> None:
+            try:
+                answers.put_nowait(await handle(request))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:  # reported on the stream, which then ends
+                answers.put_nowait(error)
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    task = asyncio.create_task(run(request))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+            except asyncio.CancelledError:
+                pass  # the hub is stopping or the call ended: answer what is in flight
+            finally:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.gather(*in_flight, return_exceptions=True)
+                answers.put_nowait(None)
+
+        if self._stopping:
+            return
+        reader = asyncio.create_task(read())
+        self._readers.add(reader)
+        try:
+            while (answer := await answers.get()) is not None:
+                if isinstance(answer, BaseException):
+                    raise answer
+                yield answer
+        finally:
+            self._readers.discard(reader)
+            reader.cancel()
+            for task in list(in_flight):
+                task.cancel()
