@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -29,7 +30,14 @@ from exchange.pki.tls import TlsMaterial
 from exchange.wire.v1 import exchange_pb2 as pb
 from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
 
-__all__ = ["RETRYABLE", "HubCallFailed", "HubClient", "StreamedCalls"]
+__all__ = [
+    "RETRYABLE",
+    "HubCallFailed",
+    "HubClient",
+    "StreamedCalls",
+    "acknowledge_stream",
+    "submit_stream",
+]
 
 #: statuses worth trying again: the hub or the network is away, or was slow
 RETRYABLE = frozenset(
@@ -81,8 +89,11 @@ Answer = TypeVar("Answer")
 class StreamedCalls(Generic[Request, Answer]):
     """Requests over one long-lived stream (SubmitStream, AcknowledgeStream), by tag.
 
-    ``await calls.call(request)`` writes the request on the open stream (opening it
+    ``await calls.call(request)`` queues the request for the open stream (opening it
     first if need be) and returns the answer with its tag; many calls may wait at once.
+    Whatever queued while the previous stream message was being sent goes in the next
+    one (``pack``), up to ``max_items`` requests and ``max_bytes`` of them (a larger
+    request goes alone); the hub's messages carry several answers (``unpack``).
     The hub answers a failed request with its unary status, raised here as
     :class:`HubCallFailed`; when the stream itself breaks, every waiting call fails
     with the stream's status (retryable when the hub is away), and the next call
@@ -91,26 +102,37 @@ class StreamedCalls(Generic[Request, Answer]):
 
     def __init__(
         self,
-        open_stream: Callable[[AsyncIterator[Request]], Any],
+        open_stream: Callable[..., Any],
         *,
+        pack: Callable[[list[Request]], Any],
+        unpack: Callable[[Any], Iterable[Answer]],
+        size: Callable[[Request], int] = lambda _request: 64,
         timeout: float,
+        max_items: int = 256,
+        max_bytes: int = 1024 * 1024,
     ) -> None:
         self._open_stream = open_stream
+        self._pack = pack
+        self._unpack = unpack
+        self._size = size
         self.timeout = timeout
+        self.max_items = max_items
+        self.max_bytes = max_bytes
         self._tags = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
-        self._outgoing: asyncio.Queue[Request | None] | None = None
+        self._queued: deque[Request | None] = deque()
+        self._wake = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
 
     async def call(self, request: Request) -> Answer:
-        if self._outgoing is None or self._reader is None or self._reader.done():
+        if self._reader is None or self._reader.done():
             self._open()
-        assert self._outgoing is not None
         tag = next(self._tags)
         request.tag = tag
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[tag] = answer
-        self._outgoing.put_nowait(request)
+        self._queued.append(request)
+        self._wake.set()
         try:
             async with asyncio.timeout(self.timeout):
                 response = await answer
@@ -131,43 +153,86 @@ class StreamedCalls(Generic[Request, Answer]):
         return response
 
     def _open(self) -> None:
-        outgoing: asyncio.Queue[Request | None] = asyncio.Queue()
+        queued, wake = deque[Request | None](), asyncio.Event()
+        self._queued, self._wake = queued, wake
 
-        async def requests() -> AsyncIterator[Request]:
-            while (request := await outgoing.get()) is not None:
-                yield request
+        async def batches() -> AsyncIterator[Any]:
+            while True:
+                while not queued:
+                    wake.clear()
+                    await wake.wait()
+                batch: list[Request] = []
+                size = 0
+                while queued and len(batch) < self.max_items:
+                    request = queued[0]
+                    if request is None:  # closed: send what is left, then end the stream
+                        if batch:
+                            yield self._pack(batch)
+                        return
+                    size += self._size(request)
+                    if batch and size > self.max_bytes:
+                        break
+                    queued.popleft()
+                    batch.append(request)
+                yield self._pack(batch)
 
-        self._outgoing = outgoing
-        self._reader = asyncio.create_task(self._read(self._open_stream(requests())))
+        self._reader = asyncio.create_task(self._read(self._open_stream(batches())))
 
     async def _read(self, stream: Any) -> None:
         failure = HubCallFailed(grpc.StatusCode.UNAVAILABLE, "the hub ended the stream")
+        waiting = self._waiting
         try:
-            async for response in stream:
-                waiting = self._waiting.pop(response.tag, None)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(response)
+            async for answers in stream:
+                for response in self._unpack(answers):
+                    future = waiting.pop(response.tag, None)  # type: ignore[attr-defined]
+                    if future is not None and not future.done():
+                        future.set_result(response)
         except grpc.aio.AioRpcError as error:
             failure = HubCallFailed.of(error)
         finally:
             stream.cancel()
             # whoever still waits will not be answered on this stream
-            for waiting in self._waiting.values():
-                if not waiting.done():
-                    waiting.set_exception(failure)
-            self._waiting.clear()
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(failure)
+            waiting.clear()
 
     async def close(self) -> None:
-        if self._outgoing is not None:
-            self._outgoing.put_nowait(None)
+        self._queued.append(None)
+        self._wake.set()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        self._outgoing = self._reader = None
+        self._reader = None
 
 
 _STATUS = frozenset(code.name for code in grpc.StatusCode)
+
+
+def submit_stream(
+    stub: pb_grpc.HubStub, *, timeout: float
+) -> StreamedCalls[pb.SubmitRequest, pb.SubmitResponse]:
+    """Submissions over the hub's SubmitStream."""
+    return StreamedCalls(
+        stub.SubmitStream,
+        pack=lambda requests: pb.SubmitRequests(requests=requests),
+        unpack=lambda answers: answers.responses,
+        size=lambda request: len(request.envelope),
+        timeout=timeout,
+    )
+
+
+def acknowledge_stream(
+    stub: pb_grpc.HubStub, *, timeout: float
+) -> StreamedCalls[pb.AcknowledgeRequest, pb.AcknowledgeResponse]:
+    """Acknowledgements over the hub's AcknowledgeStream (kept in order)."""
+    return StreamedCalls(
+        stub.AcknowledgeStream,
+        pack=lambda requests: pb.AcknowledgeRequests(requests=requests),
+        unpack=lambda answers: answers.responses,
+        timeout=timeout,
+    )
 
 
 class HubClient:
@@ -208,12 +273,8 @@ class HubClient:
         #: submit and acknowledge over long-lived streams (a running node) rather than
         #: a call each (a one-off command)
         self.streamed = streamed
-        self._submits: StreamedCalls[pb.SubmitRequest, pb.SubmitResponse] = StreamedCalls(
-            self._stub.SubmitStream, timeout=timeout
-        )
-        self._acks: StreamedCalls[pb.AcknowledgeRequest, pb.AcknowledgeResponse] = StreamedCalls(
-            self._stub.AcknowledgeStream, timeout=timeout
-        )
+        self._submits = submit_stream(self._stub, timeout=timeout)
+        self._acks = acknowledge_stream(self._stub, timeout=timeout)
 
     async def __aenter__(self) -> HubClient:
         return self

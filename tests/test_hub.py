@@ -358,11 +358,13 @@ def test_sender_fetches_the_evidence_chain_and_strangers_cannot(hub: Hub) -> Non
 # ---------------------------------------------------------------- request streams
 
 
-def _answers_by_tag(responses: Iterator[Any], count: int) -> dict[int, Any]:
+def _answers_by_tag(messages: Iterator[Any], count: int) -> dict[int, Any]:
+    """The answers of a request stream's first messages, by tag, until ``count`` came."""
     answers: dict[int, Any] = {}
-    for response in responses:
-        answers[response.tag] = response
-        if len(answers) == count:
+    for message in messages:
+        for response in message.responses:
+            answers[response.tag] = response
+        if len(answers) >= count:
             break
     return answers
 
@@ -380,7 +382,9 @@ def test_forged_and_garbled_requests_on_a_submit_stream_fail_alone(hub: Hub) -> 
         pb.SubmitRequest(envelope=off_channel.raw, tag=4),
         pb.SubmitRequest(envelope=later.raw, tag=5),
     ]
-    call = hub.stub("AL.CTD").SubmitStream(iter(requests), timeout=TIMEOUT)
+    # sent as two stream messages: the answers come by tag, whatever the batching
+    batches = [pb.SubmitRequests(requests=requests[:2]), pb.SubmitRequests(requests=requests[2:])]
+    call = hub.stub("AL.CTD").SubmitStream(iter(batches), timeout=TIMEOUT)
     answers = _answers_by_tag(call, len(requests))
     call.cancel()
     directory = load_directory(hub.certs)
@@ -406,10 +410,9 @@ def test_replay_on_a_submit_stream_returns_the_original_evidence(hub: Hub) -> No
     envelope = hub.seal("AL.CTD", header_json())
     stub = hub.stub("AL.CTD")
     first = stub.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
-    call = stub.SubmitStream(
-        iter([pb.SubmitRequest(envelope=envelope.raw, tag=9)]), timeout=TIMEOUT
-    )
-    (again,) = list(call)
+    request = pb.SubmitRequests(requests=[pb.SubmitRequest(envelope=envelope.raw, tag=9)])
+    (answered,) = list(stub.SubmitStream(iter([request]), timeout=TIMEOUT))
+    (again,) = answered.responses
     assert (again.tag, again.evidence) == (9, first)
     assert hub.rows(MessageRow) == 1
 
@@ -429,13 +432,16 @@ def test_acknowledge_stream_records_in_order_and_refuses_foreign_deliveries(hub:
         # the sender may not acknowledge the recipient's delivery
         pb.AcknowledgeRequest(message_id=envelope.message_id, sequence=delivery.sequence, tag=3),
     ]
-    answers = _answers_by_tag(receiver.AcknowledgeStream(iter(requests[:2]), timeout=TIMEOUT), 2)
+    acks = pb.AcknowledgeRequests(requests=requests[:2])
+    answers = _answers_by_tag(receiver.AcknowledgeStream(iter([acks]), timeout=TIMEOUT), 2)
     directory = load_directory(hub.certs)
     kinds = [
         verify_evidence(answers[t].evidence, directory, datetime.now(UTC)).kind for t in (1, 2)
     ]
     assert kinds == [EvidenceKind.DELIVERED, EvidenceKind.READ]
-    (foreign,) = list(hub.stub("AL.CTD").AcknowledgeStream(iter(requests[2:]), timeout=TIMEOUT))
+    foreign_ack = pb.AcknowledgeRequests(requests=requests[2:])
+    (answered,) = list(hub.stub("AL.CTD").AcknowledgeStream(iter([foreign_ack]), timeout=TIMEOUT))
+    (foreign,) = answered.responses
     assert (foreign.failure.status, foreign.failure.code) == (
         "FAILED_PRECONDITION",
         "NO-SUCH-DELIVERY",
@@ -449,7 +455,8 @@ def test_acknowledge_stream_records_in_order_and_refuses_foreign_deliveries(hub:
 def test_relayed_unit_cannot_open_a_submit_stream(hub: Hub) -> None:
     envelope = hub.seal("AL.CTD", header_json())
     call = hub.stub("XK.KP").SubmitStream(
-        iter([pb.SubmitRequest(envelope=envelope.raw, tag=1)]), timeout=TIMEOUT
+        iter([pb.SubmitRequests(requests=[pb.SubmitRequest(envelope=envelope.raw, tag=1)])]),
+        timeout=TIMEOUT,
     )
     with pytest.raises(grpc.RpcError) as refused:
         list(call)
@@ -463,15 +470,15 @@ def test_stopping_hub_answers_in_flight_and_ends_open_streams(
     running = run_hub(dev_pki, f"sqlite:///{tmp_path / 'hub.db'}")
     hub = Hub(dev_pki, running.port, f"sqlite:///{tmp_path / 'hub.db'}")
     envelope = hub.seal("AL.CTD", header_json())
-    outgoing: queue.SimpleQueue[pb.SubmitRequest | None] = queue.SimpleQueue()
+    outgoing: queue.SimpleQueue[pb.SubmitRequests | None] = queue.SimpleQueue()
 
-    def requests() -> Iterator[pb.SubmitRequest]:
+    def requests() -> Iterator[pb.SubmitRequests]:
         while (request := outgoing.get()) is not None:
             yield request
 
     call = hub.stub("AL.CTD").SubmitStream(requests(), timeout=60)
-    outgoing.put(pb.SubmitRequest(envelope=envelope.raw, tag=1))
-    first = next(call)
+    outgoing.put(pb.SubmitRequests(requests=[pb.SubmitRequest(envelope=envelope.raw, tag=1)]))
+    (first,) = next(call).responses
     assert first.evidence.statement
     running.stop(grace=30)  # the open stream ends at once, not after the grace period
     assert list(call) == []

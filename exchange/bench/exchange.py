@@ -44,7 +44,7 @@ from exchange.pki.files import write_certificate, write_private_key
 from exchange.pki.layout import PkiLayout, Role
 from exchange.wire.v1 import exchange_pb2 as pb
 from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
-from nodes.client import StreamedCalls
+from nodes.client import acknowledge_stream, submit_stream
 
 POLICY = "limits:\n  max_envelope_bytes: 53477376\ncrypto:\n  minimum_suite: classic-2026\n"
 
@@ -258,12 +258,8 @@ async def _load(
     channels = {u: channel_for(prepared.certs, u, port) for u in prepared.units}
     await connected(channels.values())
     stubs = {u: pb_grpc.HubStub(c) for u, c in channels.items()}
-    submits: dict[str, StreamedCalls[pb.SubmitRequest, pb.SubmitResponse]] = {
-        u: StreamedCalls(s.SubmitStream, timeout=120) for u, s in stubs.items()
-    }
-    acks: dict[str, StreamedCalls[pb.AcknowledgeRequest, pb.AcknowledgeResponse]] = {
-        u: StreamedCalls(s.AcknowledgeStream, timeout=120) for u, s in stubs.items()
-    }
+    submits = {u: submit_stream(s, timeout=120) for u, s in stubs.items()}
+    acks = {u: acknowledge_stream(s, timeout=120) for u, s in stubs.items()}
 
     async def submit_call(sender: str, raw: bytes) -> pb.SubmitResponse:
         request = pb.SubmitRequest(envelope=raw)

@@ -276,6 +276,22 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(status, f"[{error.code}] {error.message}")
 
 
+def _submit_requests(batch: pb.SubmitRequests) -> Any:
+    return batch.requests
+
+
+def _submit_responses(answers: list[pb.SubmitResponse]) -> pb.SubmitResponses:
+    return pb.SubmitResponses(responses=answers)
+
+
+def _acknowledge_requests(batch: pb.AcknowledgeRequests) -> Any:
+    return batch.requests
+
+
+def _acknowledge_responses(answers: list[pb.AcknowledgeResponse]) -> pb.AcknowledgeResponses:
+    return pb.AcknowledgeResponses(responses=answers)
+
+
 class HubServicer(pb_grpc.HubServicer):
     """Protobuf in, protobuf out; everything else is HubService."""
 
@@ -304,9 +320,9 @@ class HubServicer(pb_grpc.HubServicer):
 
     async def SubmitStream(
         self,
-        requests: AsyncIterator[pb.SubmitRequest],
+        requests: AsyncIterator[pb.SubmitRequests],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[pb.SubmitResponse]:
+    ) -> AsyncIterator[pb.SubmitResponses]:
         caller = CALLER.get()
         submit = self.service.submit
 
@@ -317,8 +333,10 @@ class HubServicer(pb_grpc.HubServicer):
                 return pb.SubmitResponse(tag=request.tag, failure=failure_for(error))
             return pb.SubmitResponse(tag=request.tag, evidence=evidence)
 
-        async for response in self.streams.answer(requests, one):
-            yield response
+        async for answers in self.streams.answer(
+            requests, _submit_requests, one, _submit_responses
+        ):
+            yield answers
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -378,9 +396,9 @@ class HubServicer(pb_grpc.HubServicer):
 
     async def AcknowledgeStream(
         self,
-        requests: AsyncIterator[pb.AcknowledgeRequest],
+        requests: AsyncIterator[pb.AcknowledgeRequests],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[pb.AcknowledgeResponse]:
+    ) -> AsyncIterator[pb.AcknowledgeResponses]:
         caller = CALLER.get()
         acknowledge = self.service.acknowledge
 
@@ -397,8 +415,10 @@ class HubServicer(pb_grpc.HubServicer):
                 return pb.AcknowledgeResponse(tag=request.tag, failure=failure_for(error))
             return pb.AcknowledgeResponse(tag=request.tag, evidence=evidence)
 
-        async for response in self.streams.answer(requests, one):
-            yield response
+        async for answers in self.streams.answer(
+            requests, _acknowledge_requests, one, _acknowledge_responses
+        ):
+            yield answers
 
     async def Forward(
         self, request: pb.ForwardRequest, context: grpc.aio.ServicerContext[Any, Any]

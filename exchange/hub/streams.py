@@ -2,10 +2,12 @@
 
 A node with several messages to submit or deliveries to acknowledge keeps one stream
 open instead of making a unary call each: a message on an open HTTP/2 stream costs
-gRPC a fraction of a call. The hub takes the requests in the order they arrive, starts
-each at once (so they reach the group-commit writer in that order and share its
-commits), and answers each by its tag as soon as it is done; a failed request is
-answered with what its unary call's status would have said, and the stream goes on.
+gRPC a fraction of a call, and one stream message carries every request the node had
+ready at once. The hub takes the requests in the order they arrive, starts each at
+once (so they reach the group-commit writer in that order and share its commits), and
+answers each by its tag as soon as it is done, the answers ready together in one
+stream message; a failed request is answered with what its unary call's status would
+have said, and the stream goes on.
 
 At most ``window`` requests of a stream are in flight: beyond that the hub stops
 reading, and HTTP/2 flow control holds the sender back. When the hub stops, it stops
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+Batch = TypeVar("Batch")
+Answers = TypeVar("Answers")
 
 
 class RequestStreams:
@@ -39,13 +43,16 @@ class RequestStreams:
 
     async def answer(
         self,
-        requests: AsyncIterator[Request],
+        batches: AsyncIterator[Batch],
+        unpack: Callable[[Batch], Iterable[Request]],
         handle: Callable[[Request], Awaitable[Response]],
-    ) -> AsyncIterator[Response]:
+        pack: Callable[[list[Response]], Answers],
+    ) -> AsyncIterator[Answers]:
         """Run ``handle`` on each request as it arrives; yield the answers as they are ready.
 
-        ``handle`` must answer every request (a failure is an answer too): an exception
-        escaping it ends the stream.
+        ``unpack`` gives the requests of a stream message, ``pack`` makes one of
+        answers. ``handle`` must answer every request (a failure is an answer too): an
+        exception escaping it ends the stream.
         """
         answers: asyncio.Queue[Response | BaseException | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.window)
@@ -63,11 +70,12 @@ class RequestStreams:
 
         async def read() -> None:
             try:
-                async for request in requests:
-                    await slots.acquire()
-                    task = asyncio.create_task(run(request))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                async for batch in batches:
+                    for request in unpack(batch):
+                        await slots.acquire()
+                        task = asyncio.create_task(run(request))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
             except asyncio.CancelledError:
                 pass  # the hub is stopping or the call ended: answer what is in flight
             finally:
@@ -80,10 +88,22 @@ class RequestStreams:
         reader = asyncio.create_task(read())
         self._readers.add(reader)
         try:
-            while (answer := await answers.get()) is not None:
-                if isinstance(answer, BaseException):
-                    raise answer
-                yield answer
+            ended = False
+            while not ended:
+                ready = [await answers.get()]
+                while not answers.empty():  # everything answered meanwhile goes together
+                    ready.append(answers.get_nowait())
+                if ready[-1] is None:
+                    ended = True
+                    ready.pop()
+                done: list[Response] = []
+                for answer in ready:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    assert answer is not None  # only the last is the end
+                    done.append(answer)
+                if done:
+                    yield pack(done)
         finally:
             self._readers.discard(reader)
             reader.cancel()

@@ -1317,6 +1317,53 @@ class SubmitResponse(_message.Message):
 Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
 
 @_typing.final
+class SubmitRequests(_message.Message):
+    """SubmitStream: the requests a node has ready at once, in one stream message (gRPC's
+    cost is per message, not per byte). A node sends what queued while it was sending
+    the previous one, so a lone request goes at once and a busy outbox fills them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___SubmitRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitRequests: _TypeAlias = SubmitRequests  # noqa: Y015
+
+@_typing.final
+class SubmitResponses(_message.Message):
+    """SubmitStream: the answers the hub has ready at once (a group commit settles many)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitResponse]: ...
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___SubmitResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitResponses: _TypeAlias = SubmitResponses  # noqa: Y015
+
+@_typing.final
 class CallFailure(_message.Message):
     """On a stream, one request's failure does not end the stream: its response carries
     what the status of a unary call would have said.
@@ -1469,6 +1516,50 @@ class AcknowledgeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcknowledgeResponse: _TypeAlias = AcknowledgeResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeRequests(_message.Message):
+    """AcknowledgeStream: the acknowledgements a node has ready at once, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___AcknowledgeRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___AcknowledgeRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeRequests: _TypeAlias = AcknowledgeRequests  # noqa: Y015
+
+@_typing.final
+class AcknowledgeResponses(_message.Message):
+    """AcknowledgeStream: the answers the hub has ready at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___AcknowledgeResponse]: ...
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___AcknowledgeResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeResponses: _TypeAlias = AcknowledgeResponses  # noqa: Y015
 
 @_typing.final
 class ForwardRequest(_message.Message):

@@ -42,8 +42,8 @@ class HubStub:
                 _registered_method=True)
         self.SubmitStream = channel.stream_stream(
                 '/exchange.v1.Hub/SubmitStream',
-                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.SerializeToString,
-                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.FromString,
+                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequests.SerializeToString,
+                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponses.FromString,
                 _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/exchange.v1.Hub/Subscribe',
@@ -57,8 +57,8 @@ class HubStub:
                 _registered_method=True)
         self.AcknowledgeStream = channel.stream_stream(
                 '/exchange.v1.Hub/AcknowledgeStream',
-                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.SerializeToString,
-                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.FromString,
+                request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequests.SerializeToString,
+                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponses.FromString,
                 _registered_method=True)
         self.Forward = channel.unary_unary(
                 '/exchange.v1.Hub/Forward',
@@ -128,7 +128,8 @@ class HubServicer:
         """Submit over one long-lived stream (a node's outbox): requests are taken in order,
         each answered by its tag as soon as its evidence is committed, without waiting
         for the others; a request that fails gets a response with `failure`, and the
-        stream goes on. Cheaper per message than Submit, the same rules and evidences.
+        stream goes on. Requests and answers travel in batches of what is ready at once.
+        Cheaper per message than Submit; the same rules and evidences.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,8 +238,8 @@ def add_HubServicer_to_server(servicer, server):
             ),
             'SubmitStream': grpc.stream_stream_rpc_method_handler(
                     servicer.SubmitStream,
-                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.FromString,
-                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.SerializeToString,
+                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequests.FromString,
+                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponses.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -252,8 +253,8 @@ def add_HubServicer_to_server(servicer, server):
             ),
             'AcknowledgeStream': grpc.stream_stream_rpc_method_handler(
                     servicer.AcknowledgeStream,
-                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.FromString,
-                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.SerializeToString,
+                    request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequests.FromString,
+                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponses.SerializeToString,
             ),
             'Forward': grpc.unary_unary_rpc_method_handler(
                     servicer.Forward,
@@ -359,8 +360,8 @@ class Hub:
             request_iterator,
             target,
             '/exchange.v1.Hub/SubmitStream',
-            exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequest.SerializeToString,
-            exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponse.FromString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitRequests.SerializeToString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.SubmitResponses.FromString,
             options,
             channel_credentials,
             insecure,
@@ -440,8 +441,8 @@ class Hub:
             request_iterator,
             target,
             '/exchange.v1.Hub/AcknowledgeStream',
-            exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequest.SerializeToString,
-            exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponse.FromString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeRequests.SerializeToString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.AcknowledgeResponses.FromString,
             options,
             channel_credentials,
             insecure,

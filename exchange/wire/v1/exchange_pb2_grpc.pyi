@@ -42,17 +42,18 @@ class HubStub:
     """Submit a sealed envelope; returns the hub-signed evidence (accepted or refused),
     sent only after the message and its log entry are committed.
     """
-    SubmitStream: _grpc.StreamStreamMultiCallable[_exchange_pb2.SubmitRequest, _exchange_pb2.SubmitResponse]
+    SubmitStream: _grpc.StreamStreamMultiCallable[_exchange_pb2.SubmitRequests, _exchange_pb2.SubmitResponses]
     """Submit over one long-lived stream (a node's outbox): requests are taken in order,
     each answered by its tag as soon as its evidence is committed, without waiting
     for the others; a request that fails gets a response with `failure`, and the
-    stream goes on. Cheaper per message than Submit, the same rules and evidences.
+    stream goes on. Requests and answers travel in batches of what is ready at once.
+    Cheaper per message than Submit; the same rules and evidences.
     """
     Subscribe: _grpc.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Delivery]
     """Stream the caller's pending deliveries, resuming after a cursor."""
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]
     """Record that a delivery reached the node (delivered) or a person (read)."""
-    AcknowledgeStream: _grpc.StreamStreamMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]
+    AcknowledgeStream: _grpc.StreamStreamMultiCallable[_exchange_pb2.AcknowledgeRequests, _exchange_pb2.AcknowledgeResponses]
     """Acknowledge over one long-lived stream, as SubmitStream does for Submit; requests
     are recorded in the order sent (a relay's own acknowledgement before the one on
     the relayed unit's behalf).
@@ -87,17 +88,18 @@ class HubAsyncStub(HubStub):
     """Submit a sealed envelope; returns the hub-signed evidence (accepted or refused),
     sent only after the message and its log entry are committed.
     """
-    SubmitStream: _aio.StreamStreamMultiCallable[_exchange_pb2.SubmitRequest, _exchange_pb2.SubmitResponse]  # type: ignore[assignment]
+    SubmitStream: _aio.StreamStreamMultiCallable[_exchange_pb2.SubmitRequests, _exchange_pb2.SubmitResponses]  # type: ignore[assignment]
     """Submit over one long-lived stream (a node's outbox): requests are taken in order,
     each answered by its tag as soon as its evidence is committed, without waiting
     for the others; a request that fails gets a response with `failure`, and the
-    stream goes on. Cheaper per message than Submit, the same rules and evidences.
+    stream goes on. Requests and answers travel in batches of what is ready at once.
+    Cheaper per message than Submit; the same rules and evidences.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Delivery]  # type: ignore[assignment]
     """Stream the caller's pending deliveries, resuming after a cursor."""
     Acknowledge: _aio.UnaryUnaryMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """Record that a delivery reached the node (delivered) or a person (read)."""
-    AcknowledgeStream: _aio.StreamStreamMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]  # type: ignore[assignment]
+    AcknowledgeStream: _aio.StreamStreamMultiCallable[_exchange_pb2.AcknowledgeRequests, _exchange_pb2.AcknowledgeResponses]  # type: ignore[assignment]
     """Acknowledge over one long-lived stream, as SubmitStream does for Submit; requests
     are recorded in the order sent (a relay's own acknowledgement before the one on
     the relayed unit's behalf).
@@ -139,13 +141,14 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def SubmitStream(
         self,
-        request_iterator: _MaybeAsyncIterator[_exchange_pb2.SubmitRequest],
+        request_iterator: _MaybeAsyncIterator[_exchange_pb2.SubmitRequests],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.SubmitResponse], _abc.AsyncIterator[_exchange_pb2.SubmitResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.SubmitResponses], _abc.AsyncIterator[_exchange_pb2.SubmitResponses]]:
         """Submit over one long-lived stream (a node's outbox): requests are taken in order,
         each answered by its tag as soon as its evidence is committed, without waiting
         for the others; a request that fails gets a response with `failure`, and the
-        stream goes on. Cheaper per message than Submit, the same rules and evidences.
+        stream goes on. Requests and answers travel in batches of what is ready at once.
+        Cheaper per message than Submit; the same rules and evidences.
         """
 
     @_abc_1.abstractmethod
@@ -167,9 +170,9 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def AcknowledgeStream(
         self,
-        request_iterator: _MaybeAsyncIterator[_exchange_pb2.AcknowledgeRequest],
+        request_iterator: _MaybeAsyncIterator[_exchange_pb2.AcknowledgeRequests],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.AcknowledgeResponse], _abc.AsyncIterator[_exchange_pb2.AcknowledgeResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.AcknowledgeResponses], _abc.AsyncIterator[_exchange_pb2.AcknowledgeResponses]]:
         """Acknowledge over one long-lived stream, as SubmitStream does for Submit; requests
         are recorded in the order sent (a relay's own acknowledgement before the one on
         the relayed unit's behalf).
