@@ -342,8 +342,9 @@ class HubClient:
             await call.wait_for_connection()
             if on_open is not None:
                 on_open()
-            async for delivery in call:
-                yield delivery
+            async for message in call:
+                for delivery in message.deliveries:
+                    yield delivery
         except grpc.aio.AioRpcError as error:
             raise HubCallFailed.of(error) from None
         finally:

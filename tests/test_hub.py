@@ -140,7 +140,7 @@ def test_accepted_message_is_delivered_and_acknowledged(hub: Hub) -> None:
 
     receiver = hub.stub("EU.EUROPOL")
     stream = receiver.Subscribe(pb.SubscribeRequest(cursor=0), timeout=TIMEOUT)
-    delivery = next(iter(stream))
+    delivery = next(iter(stream)).deliveries[0]
     stream.cancel()
     assert delivery.envelope == envelope.raw
     opened = open_envelope(
@@ -158,7 +158,7 @@ def test_accepted_message_is_delivered_and_acknowledged(hub: Hub) -> None:
     # acknowledged: a new subscription has nothing pending for this message
     again = receiver.Subscribe(pb.SubscribeRequest(cursor=0), timeout=2)
     with pytest.raises(grpc.RpcError) as waited:
-        next(iter(again))
+        next(iter(again)).deliveries[0]
     assert waited.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert hub.rows(LogEntryRow) == 3  # policy loaded, accepted, delivered
 
@@ -168,7 +168,7 @@ def test_unacknowledged_delivery_comes_again_after_reconnect(hub: Hub) -> None:
     hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
     for _ in range(2):
         stream = hub.stub("EU.EUROPOL").Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
-        assert next(iter(stream)).envelope == envelope.raw
+        assert next(iter(stream)).deliveries[0].envelope == envelope.raw
         stream.cancel()
 
 
@@ -333,7 +333,7 @@ def test_sender_fetches_the_evidence_chain_and_strangers_cannot(hub: Hub) -> Non
     hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
     receiver = hub.stub("EU.EUROPOL")
     stream = receiver.Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
-    delivery = next(iter(stream))
+    delivery = next(iter(stream)).deliveries[0]
     stream.cancel()
     for read in (False, True):
         receiver.Acknowledge(
@@ -422,7 +422,7 @@ def test_acknowledge_stream_records_in_order_and_refuses_foreign_deliveries(hub:
     hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
     receiver = hub.stub("EU.EUROPOL")
     stream = receiver.Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
-    delivery = next(iter(stream))
+    delivery = next(iter(stream)).deliveries[0]
     stream.cancel()
     requests = [
         pb.AcknowledgeRequest(message_id=envelope.message_id, sequence=delivery.sequence, tag=1),

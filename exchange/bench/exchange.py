@@ -287,9 +287,11 @@ async def _load(
     async def subscriber(unit: str) -> None:
         stream = stubs[unit].Subscribe(pb.SubscribeRequest(cursor=0))
         queue = to_acknowledge[unit]
-        async for delivery in stream:
-            delivered_at.setdefault(delivery.message_id, time.perf_counter())
-            queue.put_nowait(delivery)
+        async for message in stream:
+            arrived = time.perf_counter()
+            for delivery in message.deliveries:
+                delivered_at.setdefault(delivery.message_id, arrived)
+                queue.put_nowait(delivery)
             if len(delivered_at) >= expected:
                 all_delivered.set()
 

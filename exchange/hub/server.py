@@ -311,6 +311,8 @@ class HubServicer(pb_grpc.HubServicer):
         self.poll_seconds = 30.0
         #: deliveries read from the store at a time
         self.page = 256
+        #: envelope bytes in one stream message at most (a larger delivery goes alone)
+        self.batch_bytes = 1024 * 1024
 
     async def Submit(
         self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -340,7 +342,7 @@ class HubServicer(pb_grpc.HubServicer):
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.Delivery]:
+    ) -> AsyncIterator[pb.Deliveries]:
         caller = CALLER.get()
         cursor = request.cursor
         subscription = self.service.subscribe(caller)
@@ -360,17 +362,27 @@ class HubServicer(pb_grpc.HubServicer):
                 else:
                     items = subscription.take()
                 sent = False
+                batch: list[pb.Delivery] = []
+                size = 0
                 for item in items:
                     if item.sequence <= cursor:
                         continue  # read from the store and offered too
-                    yield pb.Delivery(
-                        sequence=item.sequence,
-                        message_id=item.message_id,
-                        envelope=item.envelope,
-                        accepted=item.accepted,
-                        on_behalf_of=item.addressee if item.addressee != caller else "",
+                    if batch and size + len(item.envelope) > self.batch_bytes:
+                        yield pb.Deliveries(deliveries=batch)
+                        batch, size = [], 0
+                    batch.append(
+                        pb.Delivery(
+                            sequence=item.sequence,
+                            message_id=item.message_id,
+                            envelope=item.envelope,
+                            accepted=item.accepted,
+                            on_behalf_of=item.addressee if item.addressee != caller else "",
+                        )
                     )
+                    size += len(item.envelope)
                     cursor = item.sequence
+                if batch:
+                    yield pb.Deliveries(deliveries=batch)
                     sent = True
                 if sent or subscription.reread or subscription.items:
                     continue

@@ -48,7 +48,7 @@ class HubStub:
         self.Subscribe = channel.unary_stream(
                 '/exchange.v1.Hub/Subscribe',
                 request_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.Delivery.FromString,
+                response_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.Deliveries.FromString,
                 _registered_method=True)
         self.Acknowledge = channel.unary_unary(
                 '/exchange.v1.Hub/Acknowledge',
@@ -244,7 +244,7 @@ def add_HubServicer_to_server(servicer, server):
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
                     request_deserializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.SubscribeRequest.FromString,
-                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.Delivery.SerializeToString,
+                    response_serializer=exchange_dot_wire_dot_v1_dot_exchange__pb2.Deliveries.SerializeToString,
             ),
             'Acknowledge': grpc.unary_unary_rpc_method_handler(
                     servicer.Acknowledge,
@@ -388,7 +388,7 @@ class Hub:
             target,
             '/exchange.v1.Hub/Subscribe',
             exchange_dot_wire_dot_v1_dot_exchange__pb2.SubscribeRequest.SerializeToString,
-            exchange_dot_wire_dot_v1_dot_exchange__pb2.Delivery.FromString,
+            exchange_dot_wire_dot_v1_dot_exchange__pb2.Deliveries.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,7 +49,7 @@ class HubStub:
     stream goes on. Requests and answers travel in batches of what is ready at once.
     Cheaper per message than Submit; the same rules and evidences.
     """
-    Subscribe: _grpc.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Delivery]
+    Subscribe: _grpc.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Deliveries]
     """Stream the caller's pending deliveries, resuming after a cursor."""
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]
     """Record that a delivery reached the node (delivered) or a person (read)."""
@@ -95,7 +95,7 @@ class HubAsyncStub(HubStub):
     stream goes on. Requests and answers travel in batches of what is ready at once.
     Cheaper per message than Submit; the same rules and evidences.
     """
-    Subscribe: _aio.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Delivery]  # type: ignore[assignment]
+    Subscribe: _aio.UnaryStreamMultiCallable[_exchange_pb2.SubscribeRequest, _exchange_pb2.Deliveries]  # type: ignore[assignment]
     """Stream the caller's pending deliveries, resuming after a cursor."""
     Acknowledge: _aio.UnaryUnaryMultiCallable[_exchange_pb2.AcknowledgeRequest, _exchange_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """Record that a delivery reached the node (delivered) or a person (read)."""
@@ -156,7 +156,7 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _exchange_pb2.SubscribeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.Delivery], _abc.AsyncIterator[_exchange_pb2.Delivery]]:
+    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.Deliveries], _abc.AsyncIterator[_exchange_pb2.Deliveries]]:
         """Stream the caller's pending deliveries, resuming after a cursor."""
 
     @_abc_1.abstractmethod
