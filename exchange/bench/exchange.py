@@ -447,8 +447,14 @@ def run(
     size: int = 2048,
     suite: str = "classic-2026",
     idle_nodes: int = 0,
+    streamed: bool = True,
+    half_rate_seconds: float = 10.0,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON document."""
+    """The whole benchmark; returns the JSON document.
+
+    After the full-speed run, ``half_rate_seconds`` of load at half the accepted rate
+    measure submit latency below saturation.
+    """
     raise_open_files_limit()  # the hub process inherits it
     with tempfile.TemporaryDirectory(prefix="exchange-bench-") as scratch:
         root = Path(scratch)
@@ -474,21 +480,29 @@ def run(
         )
         try:
             hub_port, echo_port = hub.wait_port(), echo.wait_port()
-            loaded = asyncio.run(_load(prepared, hub_port, concurrency, None, hub.proc.pid))
+            loaded = asyncio.run(
+                _load(prepared, hub_port, concurrency, None, hub.proc.pid, streamed)
+            )
             loaded["hub_rss_mb"] = rss_mb(hub.proc.pid)
             echoed = asyncio.run(_echo(prepared, echo_port, concurrency, echo.proc.pid))
             echo_per_s = echoed["echo_per_s"]
             half_rate = max(1.0, loaded["accepted_per_s"] / 2)
             half = dataclasses.replace(
-                prepared, envelopes=more_envelopes(prepared, int(half_rate * 10), size)
+                prepared,
+                envelopes=more_envelopes(
+                    prepared, max(1, int(half_rate * half_rate_seconds)), size
+                ),
             )
-            at_half = asyncio.run(_load(half, hub_port, concurrency, half_rate, hub.proc.pid))
+            at_half = asyncio.run(
+                _load(half, hub_port, concurrency, half_rate, hub.proc.pid, streamed)
+            )
             result: dict[str, Any] = {
                 "benchmark": "exchange",
                 "nodes": nodes,
                 "concurrency": concurrency,
                 "size_bytes": size,
                 "suite": suite,
+                "calls": "streams" if streamed else "unary",
                 "db": "postgresql" if url.startswith("postgresql") else "sqlite",
                 **loaded,
                 **echoed,

@@ -82,6 +82,13 @@ def exchange_command(
             help="Then measure hub RSS with this many idle, subscribed nodes.",
         ),
     ] = 0,
+    unary: Annotated[
+        bool,
+        typer.Option(
+            "--unary",
+            help="Submit and acknowledge with a unary call each, not over the nodes' streams.",
+        ),
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
     output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TEXT,
 ) -> None:
@@ -97,6 +104,7 @@ def exchange_command(
         size=size,
         suite=suite,
         idle_nodes=idle_nodes,
+        streamed=not unary,
     )
     if out is not None:
         write_atomic(out, (json.dumps(result, indent=2) + "\n").encode())
