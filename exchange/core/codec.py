@@ -7,7 +7,7 @@ header and the body. Enum values map by name (``Kind.REQUEST`` <-> ``KIND_REQUES
 from __future__ import annotations
 
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from exchange.core.body import Attachment, Body, Document, Organisation, Person, Vehicle
 from exchange.core.header import (
@@ -56,7 +56,20 @@ _PREFIX = {
 }
 
 
+#: (wire enum, number, domain enum) -> member: decoding a header looks up a dozen
+_FROM_WIRE: dict[tuple[str, int, type[Any]], Any] = {}
+
+
 def _from_wire_enum(prefix: str, number: int, domain: type[T]) -> T:
+    known = _FROM_WIRE.get((prefix, number, domain))
+    if known is not None:
+        return known  # type: ignore[no-any-return]
+    member = _decode_wire_enum(prefix, number, domain)
+    _FROM_WIRE[(prefix, number, domain)] = member
+    return member
+
+
+def _decode_wire_enum(prefix: str, number: int, domain: type[T]) -> T:
     wire_enum = getattr(pb, prefix)
     try:
         name = str(wire_enum.Name(number))

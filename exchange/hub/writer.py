@@ -45,6 +45,9 @@ Loader = Callable[[Connection, Sequence[Any]], Mapping[Any, Any]]
 
 #: how many keys a loader is given at a time (well under every driver's parameter limit)
 LOOKUP_CHUNK = 500
+#: rows in one multi-row INSERT on SQLite: one statement step for them all, so the
+#: writer gives up and takes back the interpreter lock once, not once per row
+ROWS_PER_INSERT = 128
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,8 @@ class GroupCommitWriter:
         self._next_keys: dict[Table, int] = {}
         self._inserts: dict[tuple[Table, tuple[str, ...]], _RawInsert] = {}
         self._postgresql = engine.dialect.name == "postgresql"
+        self._multirow = engine.dialect.name == "sqlite"
+        self._multirow_sql: dict[tuple[str, int], str] = {}
         self.batches = 0
         self.committed = 0
 
@@ -428,11 +433,32 @@ class GroupCommitWriter:
             raw = self._inserts[(table, keys)] = _RawInsert(compiled.string, order)
         if raw.order is None:
             connection.exec_driver_sql(raw.sql, rows)
-        elif len(raw.order) == 1:
-            connection.exec_driver_sql(raw.sql, [(row[raw.order[0]],) for row in rows])
+            return
+        if len(raw.order) == 1:
+            (only,) = raw.order
+            tuples = [(row[only],) for row in rows]
         else:
             values = operator.itemgetter(*raw.order)  # a row's values as a tuple, in order
-            connection.exec_driver_sql(raw.sql, [values(row) for row in rows])
+            tuples = [values(row) for row in rows]
+        if not self._multirow or len(tuples) == 1:
+            connection.exec_driver_sql(raw.sql, tuples if len(tuples) > 1 else tuples[0])
+            return
+        start = 0
+        while start < len(tuples):
+            # runs of 128, 64, ... 1 rows: a handful of statement texts per table, cached
+            count = 1 << (min(ROWS_PER_INSERT, len(tuples) - start).bit_length() - 1)
+            flat = tuple(value for row in tuples[start : start + count] for value in row)
+            connection.exec_driver_sql(self._rows_sql(raw.sql, count), flat)
+            start += count
+
+    def _rows_sql(self, sql: str, count: int) -> str:
+        """``INSERT ... VALUES (?, ?)`` made into one of ``count`` rows."""
+        key = (sql, count)
+        found = self._multirow_sql.get(key)
+        if found is None:
+            head, _, row = sql.rpartition(" VALUES ")
+            found = self._multirow_sql[key] = f"{head} VALUES {', '.join([row] * count)}"
+        return found
 
     @staticmethod
     def _answer(items: list[Work[Any]]) -> None:
