@@ -104,6 +104,19 @@ class Hub:
             now=datetime.now(UTC),
         )
 
+    def first_delivery(self, unit: str) -> pb.Delivery:
+        """The first pending delivery of ``unit``'s subscription (the stream then closes)."""
+        stream = self.stub(unit).Subscribe(pb.SubscribeRequest(cursor=0), timeout=TIMEOUT)
+        delivery: pb.Delivery = next(iter(stream)).deliveries[0]
+        stream.cancel()
+        return delivery
+
+    def submitted_and_delivered(self, sender: str, recipient: str) -> tuple[SealedEnvelope, Any]:
+        """A message from ``sender`` to ``recipient``, accepted, and its delivery."""
+        envelope = self.seal(sender, header_json(sender=sender, to=[recipient]))
+        self.stub(sender).Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+        return envelope, self.first_delivery(recipient)
+
     def rows(self, table: Any) -> int:
         engine = make_engine(self.db_url)
         with engine.connect() as db:
@@ -139,9 +152,7 @@ def test_accepted_message_is_delivered_and_acknowledged(hub: Hub) -> None:
     assert accepted.envelope_digest == envelope.digest
 
     receiver = hub.stub("EU.EUROPOL")
-    stream = receiver.Subscribe(pb.SubscribeRequest(cursor=0), timeout=TIMEOUT)
-    delivery = next(iter(stream)).deliveries[0]
-    stream.cancel()
+    delivery = hub.first_delivery("EU.EUROPOL")
     assert delivery.envelope == envelope.raw
     opened = open_envelope(
         SealedEnvelope.from_bytes(delivery.envelope),
@@ -167,9 +178,7 @@ def test_unacknowledged_delivery_comes_again_after_reconnect(hub: Hub) -> None:
     envelope = hub.seal("AL.CTD", header_json())
     hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
     for _ in range(2):
-        stream = hub.stub("EU.EUROPOL").Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
-        assert next(iter(stream)).deliveries[0].envelope == envelope.raw
-        stream.cancel()
+        assert hub.first_delivery("EU.EUROPOL").envelope == envelope.raw
 
 
 def test_replayed_message_is_accepted_once(hub: Hub) -> None:
@@ -329,12 +338,8 @@ def test_relayed_unit_cannot_connect_directly(hub: Hub) -> None:
 
 
 def test_sender_fetches_the_evidence_chain_and_strangers_cannot(hub: Hub) -> None:
-    envelope = hub.seal("AL.CTD", header_json())
-    hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+    envelope, delivery = hub.submitted_and_delivered("AL.CTD", "EU.EUROPOL")
     receiver = hub.stub("EU.EUROPOL")
-    stream = receiver.Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
-    delivery = next(iter(stream)).deliveries[0]
-    stream.cancel()
     for read in (False, True):
         receiver.Acknowledge(
             pb.AcknowledgeRequest(
@@ -418,12 +423,8 @@ def test_replay_on_a_submit_stream_returns_the_original_evidence(hub: Hub) -> No
 
 
 def test_acknowledge_stream_records_in_order_and_refuses_foreign_deliveries(hub: Hub) -> None:
-    envelope = hub.seal("AL.CTD", header_json())
-    hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+    envelope, delivery = hub.submitted_and_delivered("AL.CTD", "EU.EUROPOL")
     receiver = hub.stub("EU.EUROPOL")
-    stream = receiver.Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
-    delivery = next(iter(stream)).deliveries[0]
-    stream.cancel()
     requests = [
         pb.AcknowledgeRequest(message_id=envelope.message_id, sequence=delivery.sequence, tag=1),
         pb.AcknowledgeRequest(
