@@ -52,6 +52,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hub.db'}"
         return
+    yield from _fresh_postgres_schema()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema (skipped, with the reason, where PostgreSQL is unreachable)."""
+    yield from _fresh_postgres_schema()
+
+
+def _fresh_postgres_schema() -> Iterator[str]:
     reason = postgres_unreachable()
     if reason:
         pytest.skip(reason)

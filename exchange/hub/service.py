@@ -24,7 +24,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Engine, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, select, text, update
 
 from exchange.core.clock import Clock
 from exchange.core.envelope import SealedEnvelope, verify
@@ -45,6 +45,7 @@ from exchange.hub.errors import (
     SenderMismatch,
     UnknownDelivery,
 )
+from exchange.hub.replicas import DELIVERIES_CHANNEL, ReplicaListener
 from exchange.hub.transparency import HubLog
 from exchange.hub.writer import Batch, GroupCommitWriter, LogPosition
 from exchange.logs import get_logger
@@ -196,6 +197,9 @@ _PENDING = (
     .order_by(DELIVERIES.c.seq)
     .limit(bindparam("limit"))
 )
+
+#: a replica tells the others which connections have new deliveries (PostgreSQL)
+_NOTIFY = text(f"SELECT pg_notify('{DELIVERIES_CHANNEL}', :payload)")
 
 #: delivery states, in the order they advance
 _STATE_ORDER = {"pending": 0, "relayed": 1, "delivered": 2, "read": 3}
@@ -357,6 +361,10 @@ class HubService:
         self._outbox: deque[tuple[tuple[str, PendingDelivery], ...]] = deque()
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: on PostgreSQL, replicas may share the store: hear of their deliveries
+        self.listener = (
+            ReplicaListener(engine, self._wake_from_thread) if self.writer.shared else None
+        )
 
     @property
     def registry(self) -> Registry:
@@ -365,6 +373,8 @@ class HubService:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.writer.start()
+        if self.listener is not None:
+            self.listener.start()
 
     # ---------------------------------------------------------------- the log
 
@@ -394,6 +404,7 @@ class HubService:
 
     async def tree_head(self) -> pb.SignedTreeHead:
         """A signed head of the whole log as it is now (signing one if the newest is older)."""
+        await self.catch_up()
         if not self.log.head_is_current() or self.log.latest is None:
             self.log.force_head = True
             await self.writer.submit(lambda _batch: None)
@@ -401,14 +412,25 @@ class HubService:
         return self.log.latest
 
     async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        if tree_size > self.log.size:
+            await self.catch_up()  # a head another replica signed
         return await asyncio.to_thread(self.log.inclusion, index, tree_size)
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        if new_size > self.log.size:
+            await self.catch_up()
         return await asyncio.to_thread(self.log.consistency, old_size, new_size)
 
     def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         self.writer.stop()
         self.verifier.stop()
+
+    async def catch_up(self) -> None:
+        """Take in what other replicas logged (an empty turn of the writer)."""
+        if self.writer.shared:
+            await self.writer.submit(lambda _batch: None)
 
     # ---------------------------------------------------------------- submit
 
@@ -548,6 +570,9 @@ class HubService:
             offers.append(
                 (connection, PendingDelivery(sequence, message_id, recipient, envelope, accepted))
             )
+            if self.listener is not None:
+                # the other replicas' streams for this connection read the store (on commit)
+                batch.execute(_NOTIFY, {"payload": f"{self.listener.replica} {connection}"})
         batch.after_commit.append(partial(self._publish, tuple(offers)))
 
     def _refuse(
@@ -905,6 +930,20 @@ class HubService:
             subscriptions.discard(subscription)
             if not subscriptions:
                 del self._subscriptions[subscription.connection]
+
+    def _wake_from_thread(self, connections: frozenset[str] | None) -> None:
+        """From the listener: these connections' streams read the store (None: all)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed
+                loop.call_soon_threadsafe(self._reread, connections)
+
+    def _reread(self, connections: frozenset[str] | None) -> None:
+        chosen = self._subscriptions if connections is None else connections
+        for connection in chosen:
+            for subscription in self._subscriptions.get(connection, ()):
+                subscription.reread = True
+                subscription.event.set()
 
     def wake_subscribers(self) -> None:
         """Wake every stream (to notice that the hub is stopping)."""

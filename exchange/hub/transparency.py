@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from exchange.core.clock import Clock
 from exchange.core.keys import Directory, Keyring
@@ -108,6 +108,26 @@ class HubLog:
         return self.leaves.size
 
     # ---------------------------------------------------------------- writer hooks
+
+    def catch_up(self, connection: Connection, start: int, end: int) -> None:
+        """Take in the entries another replica appended, and its newest head if newer."""
+        rows = connection.execute(
+            select(LOG_ENTRIES.c.idx, LOG_ENTRIES.c.entry)
+            .where(LOG_ENTRIES.c.idx >= start, LOG_ENTRIES.c.idx < end)
+            .order_by(LOG_ENTRIES.c.idx)
+        ).all()
+        if [index for index, _ in rows] != list(range(start, end)):
+            log.error("log entries missing while catching up", start=start, end=end)
+        leaves = [leaf_hash(entry) for _, entry in rows]
+        newest = connection.execute(
+            select(TREE_HEADS.c.size, TREE_HEADS.c.signed).order_by(TREE_HEADS.c.id.desc()).limit(1)
+        ).first()
+        with self._lock:
+            self.frontier.extend(leaves)
+            self.leaves.extend(leaves)
+            if newest is not None and int(newest[0]) > self._latest_size:
+                self.latest = pb.SignedTreeHead.FromString(newest[1])
+                self._latest_size = int(newest[0])
 
     def before_commit(self, batch: Batch) -> None:
         """Stage this batch's leaves; sign a head into the transaction when one is due."""

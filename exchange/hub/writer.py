@@ -10,6 +10,12 @@ only writer of the exchange log in a hub process. So are the integer keys that w
 asks for with :meth:`Batch.next_key` (delivery sequence numbers: a subscriber's
 cursor then follows commit order).
 
+On PostgreSQL several hub replicas may share one database: their writers take turns.
+Each transaction first takes a PostgreSQL advisory lock (held until it commits), then
+looks whether the log grew since this writer's last batch; if another replica appended,
+the hooks catch up (the Merkle log reads the new leaves) and the indexes and keys go on
+from the database's. Started by accident twice on one database, a hub is still right.
+
 The writer's own costs are kept per batch, not per piece of work: what the pieces
 will read is fetched in one query per kind before they run (:meth:`Batch.lookup`),
 rows go in with one ``executemany`` per table (an INSERT compiled once, rows handed
@@ -26,6 +32,7 @@ import itertools
 import operator
 import queue
 import threading
+import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -219,6 +226,9 @@ def _settle(works: list[Work[Any]]) -> None:
 class CommitHooks(Protocol):
     """Work done with every batch: staged into its transaction, applied once it committed."""
 
+    def catch_up(self, connection: Connection, start: int, end: int) -> None:
+        """Another replica appended log entries ``start`` to ``end - 1`` (committed)."""
+
     def before_commit(self, batch: Batch) -> None: ...
 
     def after_commit(self) -> None: ...
@@ -242,10 +252,32 @@ class GroupCommitWriter:
         self._next_keys: dict[Table, int] = {}
         self._inserts: dict[tuple[Table, tuple[str, ...]], _RawInsert] = {}
         self._postgresql = engine.dialect.name == "postgresql"
+        #: replicas may share the database: take turns, and catch up with the others
+        self.shared = self._postgresql
+        self._lock_key = self._advisory_key() if self.shared else 0
+        self.caught_up = 0
         self._multirow = engine.dialect.name == "sqlite"
         self._multirow_sql: dict[tuple[str, int], str] = {}
         self.batches = 0
         self.committed = 0
+
+    def _advisory_key(self) -> int:
+        """The advisory lock of this database schema's log (one per schema, not per server)."""
+        with self.engine.connect() as connection:
+            schema = connection.execute(text("SELECT current_schema()")).scalar() or ""
+        return zlib.crc32(f"exchange-log-writer:{schema}".encode())
+
+    def _take_turn(self, connection: Connection) -> None:
+        """Wait for the other replicas' writers; learn what they appended meanwhile."""
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key})
+        newest = connection.execute(select(func.max(LOG_ENTRIES.c.idx))).scalar()
+        following = 0 if newest is None else int(newest) + 1
+        if following != self._next_log_index:
+            if self.hooks is not None:
+                self.hooks.catch_up(connection, self._next_log_index, following)
+            self.caught_up += following - self._next_log_index
+            self._next_log_index = following
+            self._next_keys = {}  # read again from the database by Batch.next_key
 
     def _load_next_log_index(self) -> int:
         with self.engine.connect() as connection:
@@ -302,6 +334,8 @@ class GroupCommitWriter:
         results: list[tuple[Work[Any], Any, BaseException | None]] = []
         try:
             with self.engine.begin() as connection:
+                if self.shared:
+                    self._take_turn(connection)
                 batch = Batch(
                     connection=connection,
                     next_log_index=self._next_log_index,

@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from exchange.errors import InputError
@@ -60,11 +60,18 @@ def _alembic_config() -> Config:
     return config
 
 
+#: the advisory lock replicas take to migrate the database one at a time
+_MIGRATE = 0x65786D67
+
+
 def upgrade(engine: Engine) -> str:
     """Apply every migration up to head; returns the revision now in force."""
     config = _alembic_config()
     try:
         with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                # replicas starting together migrate one after the other
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as error:
