@@ -7,9 +7,12 @@ nodes' streams and over unary calls, and names its figures as documented.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exchange.bench.exchange import run
+from exchange.errors import InputError
 
 
 @pytest.mark.parametrize("streamed", [True, False], ids=["streams", "unary"])
@@ -26,3 +29,32 @@ def test_every_benchmark_message_is_accepted_delivered_and_acknowledged(streamed
     )
     assert result["submit_p50_ms"] <= result["submit_p99_ms"]
     assert result["hub_rss_mb"] > 0
+
+
+def test_benchmark_on_postgresql_runs_in_a_fresh_schema_and_leaves_none_behind() -> None:
+    """Two runs on one database: each starts empty (nothing deduped), nothing is left."""
+    from conftest import PG_DSN, postgres_unreachable
+
+    reason = postgres_unreachable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    url = PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1)
+    for _ in range(2):
+        result = run(nodes=3, messages=30, concurrency=4, db_url=url, half_rate_seconds=0.5)
+        assert result["db"] == "postgresql"
+        assert (result["accepted"], result["delivered"]) == (30, 30)
+    with psycopg.connect(PG_DSN) as connection:
+        left = connection.execute(
+            "select count(*) from information_schema.schemata"
+            " where schema_name like 'exchange_bench_%'"
+        ).fetchone()
+    assert left == (0,)
+
+
+def test_benchmark_refuses_an_existing_sqlite_file(tmp_path: Path) -> None:
+    existing = tmp_path / "hub.db"
+    existing.write_bytes(b"")
+    with pytest.raises(InputError, match="needs a new database"):
+        run(nodes=2, messages=2, concurrency=1, db_url=f"sqlite:///{existing}")

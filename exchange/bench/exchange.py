@@ -24,24 +24,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import make_url, text
 
 from exchange.bench.echo import ECHO_METHOD
 from exchange.bench.envelope import sample_message
 from exchange.core.envelope import seal
 from exchange.core.suites import suite_by_id
 from exchange.core.vocab import Channel
+from exchange.errors import InputError
 from exchange.hub.server import raise_open_files_limit
 from exchange.pki import Validity, init_pki, load_directory, load_keyring, load_tls_material
 from exchange.pki.authority import CertificateAuthority, locked
 from exchange.pki.files import write_certificate, write_private_key
 from exchange.pki.layout import PkiLayout, Role
+from exchange.store.database import make_engine
 from exchange.wire.v1 import exchange_pb2 as pb
 from exchange.wire.v1 import exchange_pb2_grpc as pb_grpc
 from nodes.client import acknowledge_stream, submit_stream
@@ -414,6 +418,35 @@ async def _idle(certs: Path, units: list[str], port: int, pid: int) -> dict[str,
     }
 
 
+@contextlib.contextmanager
+def scratch_database(db_url: str | None, root: Path) -> Iterator[str]:
+    """An empty store for one run: what a previous run left would dedupe its messages.
+
+    No URL: SQLite in the scratch folder. PostgreSQL: a fresh schema of that database,
+    dropped afterwards. A SQLite file must not exist yet.
+    """
+    if db_url is None:
+        yield f"sqlite:///{root / 'hub.db'}"
+        return
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and Path(url.database).exists():
+            raise InputError(f"--db {db_url}: the benchmark needs a new database; the file exists")
+        yield db_url
+        return
+    schema = f"exchange_bench_{uuid.uuid4().hex[:10]}"
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        scoped = url.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
 def start_hub_process(root: Path, prepared: Prepared, url: str, name: str) -> Process:
     exe = str(Path(sys.executable).parent / "exchange")
     port_file = root / f"{name}.port"
@@ -463,7 +496,8 @@ def run(
         # them while latencies are measured (the hub does the same once started)
         gc.collect()
         gc.freeze()
-        url = db_url or f"sqlite:///{root / 'hub.db'}"
+        stack = contextlib.ExitStack()
+        url = stack.enter_context(scratch_database(db_url, root))
         hub = start_hub_process(root, prepared, url, "hub")
         echo = Process(
             [
@@ -526,6 +560,7 @@ def run(
         finally:
             hub.stop()
             echo.stop()
+            stack.close()
 
 
 def more_envelopes(prepared: Prepared, count: int, size: int) -> list[tuple[str, str, bytes]]:
