@@ -164,3 +164,42 @@ def test_same_message_sent_to_both_replicas_is_accepted_once(replicas: tuple[Hub
         b.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=other.raw), timeout=TIMEOUT)
     assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
     assert a.rows(MessageRow) == 1
+
+
+def test_node_client_fails_over_to_the_other_replica(dev_pki: Path, pg_url: str) -> None:
+    """``--hub ipv4:A,B``: gRPC's own address list; when A stops, the node goes on with B."""
+    import asyncio
+
+    from exchange.pki import load_tls_material
+    from nodes.client import HubCallFailed, HubClient
+
+    first, second = run_hub(dev_pki, pg_url), run_hub(dev_pki, pg_url)
+    hub = Hub(dev_pki, first.port, pg_url)
+    before, after = hub.seal("AL.CTD", header_json()), hub.seal("AL.CTD", header_json())
+    target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
+    retried: list[bool] = []
+
+    async def scenario() -> list[pb.Evidence]:
+        tls = load_tls_material(dev_pki, "AL.CTD")
+        async with HubClient(target, tls, server_name="localhost", streamed=True) as client:
+            answers = [await client.submit(before.raw)]
+            await asyncio.to_thread(first.stop)
+            for _ in range(50):  # as the node's outbox does: again, with a pause
+                try:
+                    answers.append(await client.submit(after.raw))
+                    break
+                except HubCallFailed as error:
+                    retried.append(error.retryable)
+                    await asyncio.sleep(0.2)
+            return answers
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        first.stop()
+        second.stop()
+    assert all(retried)
+    directory = load_directory(dev_pki)
+    kinds = [verify_evidence(e, directory, datetime.now(UTC)).kind for e in answers]
+    assert kinds == [EvidenceKind.ACCEPTED, EvidenceKind.ACCEPTED]
+    assert hub.rows(MessageRow) == 2

@@ -45,6 +45,9 @@ class BackgroundHub:
         return self._hub.port
 
     def stop(self, grace: float = 5.0) -> None:
+        """Drain and stop (again: nothing)."""
+        if self._loop.is_closed():
+            return
         if self._hub is not None:
             asyncio.run_coroutine_threadsafe(self._hub.stop(grace), self._loop).result(grace + 30)
             self._hub = None
