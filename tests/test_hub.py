@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from exchange.core.body import Body
 from exchange.core.clock import SystemClock
@@ -545,3 +545,30 @@ def test_streamed_client_fails_waiting_calls_retryably_and_reopens_after_restart
         view = verify_evidence(evidence, directory, datetime.now(UTC))
         assert (view.kind, view.message_id) == (EvidenceKind.ACCEPTED, envelope.message_id)
     assert hub.rows(MessageRow) == 2
+
+
+def test_store_failure_is_unavailable_and_leaves_nothing_half_written(
+    dev_pki: Path, pg_url: str
+) -> None:
+    """The evidences table is gone: the whole transaction is refused, the caller may retry."""
+    running = run_hub(dev_pki, pg_url)
+    try:
+        hub = Hub(dev_pki, running.port, pg_url)
+        engine = make_engine(pg_url)
+        with engine.begin() as db:
+            db.execute(text("DROP TABLE evidences"))
+        envelope = hub.seal("AL.CTD", header_json())
+        with pytest.raises(grpc.RpcError) as refused:
+            hub.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "STORE-UNAVAILABLE" in refused.value.details()
+        # on a stream: the same answer for that request, and the stream goes on
+        request = pb.SubmitRequests(requests=[pb.SubmitRequest(envelope=envelope.raw, tag=4)])
+        (answered,) = list(hub.stub("AL.CTD").SubmitStream(iter([request]), timeout=TIMEOUT))
+        (failed,) = answered.responses
+        assert (failed.failure.status, failed.failure.code) == ("UNAVAILABLE", "STORE-UNAVAILABLE")
+        assert hub.rows(MessageRow) == 0
+        assert hub.rows(DeliveryRow) == 0
+        assert hub.rows(LogEntryRow) == 1  # the policy entry from before
+    finally:
+        running.stop()

@@ -62,3 +62,9 @@ class NotAvailable(HubError):
     """An RPC of the wire contract that this version of the hub does not serve yet."""
 
     code = "NOT-AVAILABLE"
+
+
+class StoreUnavailable(HubError):
+    """The store refused or lost a transaction; nothing of it was kept. Try again."""
+
+    code = "STORE-UNAVAILABLE"

@@ -58,6 +58,7 @@ from exchange.hub.errors import (
     NotAvailable,
     ReplayConflict,
     SenderMismatch,
+    StoreUnavailable,
     UnknownDelivery,
 )
 from exchange.hub.service import HubService
@@ -79,6 +80,7 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
 #: exception kind -> gRPC status, most specific first (one table, one place)
 STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (EnvelopeTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NotAvailable, grpc.StatusCode.UNIMPLEMENTED),
     (ReplayConflict, grpc.StatusCode.ALREADY_EXISTS),
     (SenderMismatch, grpc.StatusCode.PERMISSION_DENIED),

@@ -41,6 +41,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text
 
 from exchange.core.log_entry import LogEntry
+from exchange.hub.errors import StoreUnavailable
 from exchange.logs import get_logger
 from exchange.store.tables import LOG_ENTRIES
 
@@ -370,9 +371,14 @@ class GroupCommitWriter:
             log.exception("group commit failed", error=str(error), items=len(items))
             if self.hooks is not None:
                 self.hooks.after_failure()
+            # the whole transaction is gone: each caller may try again (its retry dedupes)
+            unavailable = StoreUnavailable(
+                f"the hub could not store this ({type(error).__name__}); nothing of it was "
+                "kept, try again"
+            )
             for work in items:
                 if work.future.running():
-                    work.future.set_exception(error)
+                    work.future.set_exception(unavailable)
             self._answer(items)
             return
         if self.hooks is not None:
