@@ -295,7 +295,9 @@ class HubClient:
 
     async def submit(self, envelope: bytes) -> pb.Evidence:
         """Submit a sealed envelope; the hub's evidence (accepted or refused)."""
-        if self.streamed:
+        if self.streamed and len(envelope) <= self._submits.max_bytes:
+            # a larger one goes alone, as a call of its own: should the hub find it too
+            # large for a message, it fails alone, not every request on the stream
             return (await self._submits.call(pb.SubmitRequest(envelope=envelope))).evidence
         try:
             response = await self._stub.Submit(

@@ -572,3 +572,38 @@ def test_store_failure_is_unavailable_and_leaves_nothing_half_written(
         assert hub.rows(LogEntryRow) == 1  # the policy entry from before
     finally:
         running.stop()
+
+
+def test_oversized_message_from_a_streaming_node_fails_alone(dev_pki: Path, tmp_path: Path) -> None:
+    """Too large for the hub's messages: refused for itself, the message beside it accepted."""
+    import asyncio
+
+    from nodes.client import HubCallFailed, HubClient
+
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    (policies / "policy.yaml").write_text("limits:\n  max_envelope_bytes: 20000\n")
+    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    running = run_hub(dev_pki, db_url, policies)
+    try:
+        hub = Hub(dev_pki, running.port, db_url)
+        big = hub.seal("AL.CTD", header_json(), text="x" * 1_500_000)  # over 20 kB + 1 MB
+        small = hub.seal("AL.CTD", header_json())
+
+        async def scenario() -> list[pb.Evidence | BaseException]:
+            tls = load_tls_material(dev_pki, "AL.CTD")
+            target = f"127.0.0.1:{running.port}"
+            async with HubClient(target, tls, streamed=True) as client:
+                return await asyncio.gather(
+                    client.submit(big.raw), client.submit(small.raw), return_exceptions=True
+                )
+
+        refused, accepted = asyncio.run(scenario())
+    finally:
+        running.stop()
+    assert isinstance(refused, HubCallFailed)
+    assert refused.status is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not refused.retryable
+    assert isinstance(accepted, pb.Evidence)
+    view = verify_evidence(accepted, load_directory(dev_pki), datetime.now(UTC))
+    assert (view.kind, view.message_id) == (EvidenceKind.ACCEPTED, small.message_id)
