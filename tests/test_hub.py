@@ -607,3 +607,35 @@ def test_oversized_message_from_a_streaming_node_fails_alone(dev_pki: Path, tmp_
     assert isinstance(accepted, pb.Evidence)
     view = verify_evidence(accepted, load_directory(dev_pki), datetime.now(UTC))
     assert (view.kind, view.message_id) == (EvidenceKind.ACCEPTED, small.message_id)
+
+
+def test_a_hub_bug_on_one_stream_request_fails_that_request_alone(
+    dev_pki: Path, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    running = run_hub(dev_pki, db_url)
+    try:
+        hub = Hub(dev_pki, running.port, db_url)
+        poisoned, good = hub.seal("AL.CTD", header_json()), hub.seal("AL.CTD", header_json())
+        service = running.hub.service
+        submit = service.submit
+
+        async def buggy_submit(caller: str, raw: bytes) -> pb.Evidence:
+            if raw == poisoned.raw:
+                raise RuntimeError("a bug in the hub")
+            return await submit(caller, raw)
+
+        service.submit = buggy_submit  # type: ignore[method-assign]
+        request = pb.SubmitRequests(
+            requests=[
+                pb.SubmitRequest(envelope=poisoned.raw, tag=1),
+                pb.SubmitRequest(envelope=good.raw, tag=2),
+            ]
+        )
+        call = hub.stub("AL.CTD").SubmitStream(iter([request]), timeout=TIMEOUT)
+        answers = _answers_by_tag(call, 2)
+        call.cancel()
+    finally:
+        running.stop()
+    assert (answers[1].failure.status, answers[1].failure.code) == ("INTERNAL", "HUB-INTERNAL")
+    assert answers[2].evidence.statement

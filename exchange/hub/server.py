@@ -117,6 +117,14 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+#: what a stream answers for a request the hub failed on unexpectedly (a bug; logged)
+UNEXPECTED = pb.CallFailure(
+    status=grpc.StatusCode.INTERNAL.name,
+    code="HUB-INTERNAL",
+    message="the hub failed on this request; it is logged, try again",
+)
+
+
 def failure_for(error: ExchangeError) -> pb.CallFailure:
     """What a stream answers for a request that failed: its unary call's status and code."""
     log.info("request refused", code=error.code, reason=error.message)
@@ -335,6 +343,9 @@ class HubServicer(pb_grpc.HubServicer):
                 evidence = await submit(caller, request.envelope)
             except ExchangeError as error:
                 return pb.SubmitResponse(tag=request.tag, failure=failure_for(error))
+            except Exception:  # a bug: this request fails, the stream and the others go on
+                log.exception("unexpected failure", method="SubmitStream")
+                return pb.SubmitResponse(tag=request.tag, failure=UNEXPECTED)
             return pb.SubmitResponse(tag=request.tag, evidence=evidence)
 
         async for answers in self.streams.answer(
@@ -427,6 +438,9 @@ class HubServicer(pb_grpc.HubServicer):
                 )
             except ExchangeError as error:
                 return pb.AcknowledgeResponse(tag=request.tag, failure=failure_for(error))
+            except Exception:
+                log.exception("unexpected failure", method="AcknowledgeStream")
+                return pb.AcknowledgeResponse(tag=request.tag, failure=UNEXPECTED)
             return pb.AcknowledgeResponse(tag=request.tag, evidence=evidence)
 
         async for answers in self.streams.answer(
