@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -203,13 +203,27 @@ async def send_pending_acks(
     """
     answered = 0
     pending = await asyncio.to_thread(store.pending_acks)
-    window = window if client.streamed else 1
-    for start in range(0, len(pending), window):
-        chunk = pending[start : start + window]
+    for chunk in _chunks(pending, window if client.streamed else 1):
         outcomes = await asyncio.gather(*(_acknowledged(client, ack) for ack in chunk))
         for ack, outcome in zip(chunk, outcomes, strict=True):
             answered += await _record_ack(ack, outcome, store, directory, clock)
     return answered
+
+
+def _chunks(acks: list[Any], window: int) -> Iterator[list[Any]]:
+    """Acknowledgements in order, up to ``window`` together, one per delivery in each:
+    a later one for the same delivery (on the relayed unit's behalf, or read) waits until
+    the earlier one is answered, so a failed earlier one never lets the later one pass."""
+    chunk: list[Any] = []
+    sequences: set[int] = set()
+    for ack in acks:
+        if len(chunk) == window or ack.sequence in sequences:
+            yield chunk
+            chunk, sequences = [], set()
+        chunk.append(ack)
+        sequences.add(ack.sequence)
+    if chunk:
+        yield chunk
 
 
 async def _record_ack(

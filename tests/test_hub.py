@@ -639,3 +639,55 @@ def test_a_hub_bug_on_one_stream_request_fails_that_request_alone(
         running.stop()
     assert (answers[1].failure.status, answers[1].failure.code) == ("INTERNAL", "HUB-INTERNAL")
     assert answers[2].evidence.statement
+
+
+def test_store_outage_answers_unavailable_and_the_hub_keeps_serving(
+    dev_pki: Path, tmp_path: Path
+) -> None:
+    """The database cannot even be reached: callers are told so, nothing else stops."""
+    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    running = run_hub(dev_pki, db_url)
+    try:
+        hub = Hub(dev_pki, running.port, db_url)
+        writer = running.hub.service.writer
+        reachable = writer.engine
+        writer.engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+        envelope = hub.seal("AL.CTD", header_json())
+        stub = hub.stub("AL.CTD")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "STORE-UNAVAILABLE" in refused.value.details()
+        assert stub.GetDirectory(pb.GetDirectoryRequest(), timeout=TIMEOUT).directory
+        writer.engine = reachable  # back: the retry is accepted
+        assert stub.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT).evidence
+        assert hub.rows(MessageRow) == 1
+    finally:
+        running.stop()
+
+
+def test_many_pending_deliveries_fit_the_hubs_message_limit(dev_pki: Path, tmp_path: Path) -> None:
+    """A small envelope limit makes the hub's messages small too: a full batch of
+    deliveries (envelopes, evidences, framing) must still fit in one."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    (policies / "policy.yaml").write_text("limits:\n  max_envelope_bytes: 20000\n")
+    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    running = run_hub(dev_pki, db_url, policies)
+    try:
+        hub = Hub(dev_pki, running.port, db_url)
+        stub = hub.stub("AL.CTD")
+        count = 220
+        for _ in range(count):  # about 5 kB each: 1.1 MB pending for EU.EUROPOL
+            envelope = hub.seal("AL.CTD", header_json(), text="y" * 4000)
+            stub.Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+        stream = hub.stub("EU.EUROPOL").Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
+        received = 0
+        for message in stream:
+            received += len(message.deliveries)
+            if received >= count:
+                break
+        stream.cancel()
+    finally:
+        running.stop()
+    assert received == count

@@ -484,3 +484,23 @@ def test_send_refuses_a_body_that_disagrees_with_its_header(
     assert "drop --to" in capsys.readouterr().err
     with sqlite3.connect(home / "node.db") as db:
         assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+def test_a_later_ack_for_the_same_delivery_waits_for_the_earlier_one(
+    pki: Pki, store: NodeStore
+) -> None:
+    """Streamed acks go out together, but never two for one delivery: should the earlier
+    fail, the later (read, or on a relayed unit's behalf) must not be recorded first."""
+    keyring = load_keyring(pki.certs, "EU.EUROPOL")
+    envelope = _sealed(pki, "ack-order")
+    receive(
+        _delivery(envelope, _evidence(pki, envelope), 7), store=store, keyring=keyring,
+        directory=pki.directory, now=NOW,
+    )  # fmt: skip
+    (item,) = store.inbox("EU.EUROPOL")
+    store.mark_read(item, relayed=False, now_us=2)
+    assert [a.read for a in store.pending_acks()] == [False, True]
+    hub = FakeHub([HubCallFailed(grpc.StatusCode.UNAVAILABLE, "down")], streamed=True)
+    with pytest.raises(HubCallFailed):
+        asyncio.run(send_pending_acks(hub, store, pki.directory, FixedClock(NOW), window=64))  # type: ignore[arg-type]
+    assert [c[1]["read"] for c in hub.calls] == [False]  # the read ack was not sent

@@ -203,3 +203,80 @@ def test_node_client_fails_over_to_the_other_replica(dev_pki: Path, pg_url: str)
     kinds = [verify_evidence(e, directory, datetime.now(UTC)).kind for e in answers]
     assert kinds == [EvidenceKind.ACCEPTED, EvidenceKind.ACCEPTED]
     assert hub.rows(MessageRow) == 2
+
+
+def test_delivery_from_the_other_replica_is_not_skipped_behind_a_later_local_one(
+    dev_pki: Path, pg_url: str
+) -> None:
+    """M1 accepted by A, then M2 by B: B's open stream has sent M2 (a later sequence)
+    when A's notice of M1 arrives; M1 must still come, without a reconnect."""
+    first, second = run_hub(dev_pki, pg_url), run_hub(dev_pki, pg_url)
+    try:
+        _wait_listening(first, second)
+        a, b = Hub(dev_pki, first.port, pg_url), Hub(dev_pki, second.port, pg_url)
+        # B hears of A's deliveries late (a busy database): after its own later one
+        listener = second.hub.service.listener
+        assert listener is not None
+        hear = listener.wake
+
+        def hear_late(announced: tuple[str, int] | None) -> None:
+            time.sleep(0.5)
+            hear(announced)
+
+        listener.wake = hear_late
+        stream = b.stub("EU.EUROPOL").Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
+        assert stream.initial_metadata() is not None
+        m1, m2 = a.seal("AL.CTD", header_json()), b.seal("RS.CTU", header_json(sender="RS.CTU"))
+        a.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=m1.raw), timeout=TIMEOUT)
+        b.stub("RS.CTU").Submit(pb.SubmitRequest(envelope=m2.raw), timeout=TIMEOUT)
+        received: set[str] = set()
+        for message in stream:
+            received |= {d.message_id for d in message.deliveries}
+            if {m1.message_id, m2.message_id} <= received:
+                break
+        stream.cancel()
+        assert {m1.message_id, m2.message_id} <= received
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_replica_started_while_another_appends_signs_the_same_tree(
+    dev_pki: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B reads the log, then A appends before B's writer starts: B must not lose it."""
+    from exchange.hub import transparency
+
+    first = run_hub(dev_pki, pg_url)
+    second: BackgroundHub | None = None
+    try:
+        a = Hub(dev_pki, first.port, pg_url)
+        submit = a.stub("AL.CTD").Submit
+        submit(pb.SubmitRequest(envelope=a.seal("AL.CTD", header_json()).raw), timeout=TIMEOUT)
+        load = transparency.HubLog.load
+
+        def load_then_the_other_appends(log: transparency.HubLog) -> None:
+            load(log)
+            envelope = a.seal("AL.CTD", header_json())
+            submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+
+        monkeypatch.setattr(transparency.HubLog, "load", load_then_the_other_appends)
+        second = run_hub(dev_pki, pg_url)
+        monkeypatch.setattr(transparency.HubLog, "load", load)
+        b = Hub(dev_pki, second.port, pg_url)
+        envelope = b.seal("AL.CTD", header_json())
+        b.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+        with make_engine(pg_url).connect() as db:
+            stored = db.execute(select(LOG_ENTRIES.c.idx)).scalars().all()
+        assert second.hub.service.log.size == len(stored)
+        directory, now = load_directory(dev_pki), datetime.now(UTC)
+        heads = [
+            verify_tree_head(h.stub("AL.CTD").GetTreeHead(pb.GetTreeHeadRequest()), directory, now)
+            for h in (a, b)
+        ]
+        assert heads[0].size == heads[1].size == len(stored)
+        assert heads[0].root_hash == heads[1].root_hash
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

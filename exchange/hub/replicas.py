@@ -3,10 +3,12 @@
 Nodes may connect to any replica. A message accepted by one replica is stored for its
 recipients, whose streams may be open on another. Each replica's writer tells the others
 in the same transaction, with ``pg_notify`` on :data:`DELIVERIES_CHANNEL` (PostgreSQL
-sends it when, and only if, the transaction commits): ``"<replica> <connection>"``. Every
-replica listens on a connection of its own, and on a notice from another replica makes
-that connection's open streams read the store. After the listening connection dropped
-(notices may have been missed) every stream reads the store once.
+sends it when, and only if, the transaction commits): ``"<replica> <connection> <seq>"``.
+Every replica listens on a connection of its own, and on a notice from another replica
+hands that delivery's sequence number to the connection's open streams, which read it
+from the store: by number, not "after my cursor", because a stream may already have
+sent a later delivery committed here. After the listening connection dropped (notices
+may have been missed) every stream reads the store from its start once.
 
 The writers themselves take turns on the log through an advisory lock (see
 :mod:`exchange.hub.writer`), so the log stays one sequence whoever appends to it.
@@ -27,8 +29,9 @@ log = get_logger("exchange.hub.replicas")
 #: the PostgreSQL notification channel of new deliveries
 DELIVERIES_CHANNEL = "exchange_deliveries"
 
-#: called with the connections that have new deliveries (``None``: all of them)
-Wake = Callable[[frozenset[str] | None], None]
+#: called with (connection, delivery sequence) announced by another replica, or ``None``:
+#: notices may have been missed, every stream reads the store from its start
+Wake = Callable[[tuple[str, int] | None], None]
 
 
 class ReplicaListener:
@@ -72,10 +75,7 @@ class ReplicaListener:
                 self._stop.wait(self.poll_seconds)
 
     def _deliver(self, notices: object) -> None:
-        woken: set[str] = set()
-        for notice in notices:  # type: ignore[attr-defined]
-            replica, _, connection = str(notice.payload).partition(" ")
-            if replica != self.replica and connection:
-                woken.add(connection)
-        if woken:
-            self.wake(frozenset(woken))
+        for notice in notices:  # type: ignore[attr-defined]  # each as it comes
+            replica, connection, sequence = [*str(notice.payload).split(" "), "", ""][:3]
+            if replica != self.replica and connection and sequence.isdigit():
+                self.wake((connection, int(sequence)))

@@ -16,7 +16,7 @@ import gc
 import random
 import resource
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ from exchange.hub.errors import (
     StoreUnavailable,
     UnknownDelivery,
 )
-from exchange.hub.service import HubService
+from exchange.hub.service import HubService, PendingDelivery, Subscription
 from exchange.hub.streams import RequestStreams
 from exchange.logs import get_logger
 from exchange.pki import load_directory, load_hub_keyring
@@ -311,6 +311,8 @@ class HubServicer(pb_grpc.HubServicer):
         directory_message: pb.SignedDirectory,
         stopping: asyncio.Event,
         streams: RequestStreams | None = None,
+        *,
+        send_limit: int = 64 * 1024 * 1024,
     ) -> None:
         self.service = service
         self.directory_message = directory_message
@@ -321,8 +323,9 @@ class HubServicer(pb_grpc.HubServicer):
         self.poll_seconds = 30.0
         #: deliveries read from the store at a time
         self.page = 256
-        #: envelope bytes in one stream message at most (a larger delivery goes alone)
-        self.batch_bytes = 1024 * 1024
+        #: bytes of deliveries in one stream message at most (a larger one goes alone),
+        #: well under what the server may send in one message
+        self.batch_bytes = min(1024 * 1024, send_limit - 64 * 1024)
 
     async def Submit(
         self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -366,38 +369,29 @@ class HubServicer(pb_grpc.HubServicer):
         try:
             while not self.stopping.is_set():
                 subscription.event.clear()
+                if subscription.reread_all:
+                    # notices from other replicas may have been missed: from the start
+                    subscription.reread_all, subscription.reread = False, True
+                    cursor = request.cursor
+                # what other replicas stored: by number (it may lie below the cursor)
+                items = await self._announced(caller, subscription)
                 if subscription.reread:
                     # the store: at first, after falling behind, and now and then
                     subscription.reread = False
-                    items = await self.service.pending(caller, cursor, self.page)
-                    if len(items) == self.page:
+                    page = await self.service.pending(caller, cursor, self.page)
+                    if len(page) == self.page:
                         subscription.reread = True  # more after this page
+                    items += [item for item in page if item.sequence > cursor]
                 else:
-                    items = subscription.take()
+                    items += [item for item in subscription.take() if item.sequence > cursor]
+                items = list({item.sequence: item for item in items}.values())  # once each
                 sent = False
-                batch: list[pb.Delivery] = []
-                size = 0
-                for item in items:
-                    if item.sequence <= cursor:
-                        continue  # read from the store and offered too
-                    if batch and size + len(item.envelope) > self.batch_bytes:
-                        yield pb.Deliveries(deliveries=batch)
-                        batch, size = [], 0
-                    batch.append(
-                        pb.Delivery(
-                            sequence=item.sequence,
-                            message_id=item.message_id,
-                            envelope=item.envelope,
-                            accepted=item.accepted,
-                            on_behalf_of=item.addressee if item.addressee != caller else "",
-                        )
-                    )
-                    size += len(item.envelope)
-                    cursor = item.sequence
-                if batch:
-                    yield pb.Deliveries(deliveries=batch)
+                for deliveries in self._messages(items, caller):
+                    yield deliveries
                     sent = True
-                if sent or subscription.reread or subscription.items:
+                if items:
+                    cursor = max(cursor, *(item.sequence for item in items))
+                if sent or subscription.reread or subscription.items or subscription.announced:
                     continue
                 try:
                     async with asyncio.timeout(self.poll_seconds):
@@ -406,6 +400,34 @@ class HubServicer(pb_grpc.HubServicer):
                     subscription.reread = True
         finally:
             self.service.unsubscribe(subscription)
+
+    async def _announced(self, caller: str, subscription: Subscription) -> list[PendingDelivery]:
+        if not subscription.announced:
+            return []
+        sequences = sorted(subscription.announced)
+        subscription.announced.clear()
+        return await self.service.pending_sequences(caller, sequences)
+
+    def _messages(self, items: list[PendingDelivery], caller: str) -> Iterator[pb.Deliveries]:
+        """The deliveries as stream messages of at most ``batch_bytes`` (or one delivery)."""
+        batch: list[pb.Delivery] = []
+        size = 0
+        for item in items:
+            delivery = pb.Delivery(
+                sequence=item.sequence,
+                message_id=item.message_id,
+                envelope=item.envelope,
+                accepted=item.accepted,
+                on_behalf_of=item.addressee if item.addressee != caller else "",
+            )
+            length = delivery.ByteSize() + 8  # and its field tag and length in the list
+            if batch and size + length > self.batch_bytes:
+                yield pb.Deliveries(deliveries=batch)
+                batch, size = [], 0
+            batch.append(delivery)
+            size += length
+        if batch:
+            yield pb.Deliveries(deliveries=batch)
 
     async def Acknowledge(
         self, request: pb.AcknowledgeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -636,6 +658,7 @@ async def start_hub(config: HubConfig) -> RunningHub:
             directory_message(policy, directory, config.certs, signer, config.clock),
             stopping,
             streams,
+            send_limit=limit,
         ),
         server,
     )

@@ -198,6 +198,30 @@ _PENDING = (
     .limit(bindparam("limit"))
 )
 
+_PENDING_BY_SEQ = (
+    select(
+        DELIVERIES.c.seq,
+        DELIVERIES.c.message_id,
+        DELIVERIES.c.addressee,
+        MESSAGES.c.envelope,
+        EVIDENCES.c.evidence,
+    )
+    .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
+    .join(
+        EVIDENCES,
+        and_(EVIDENCES.c.message_id == DELIVERIES.c.message_id, EVIDENCES.c.kind == _ACCEPTED),
+    )
+    .where(
+        and_(
+            DELIVERIES.c.connection == bindparam("connection"),
+            DELIVERIES.c.state == "pending",
+            DELIVERIES.c.seq.in_(bindparam("seqs", expanding=True)),
+            MESSAGES.c.envelope.is_not(None),
+        )
+    )
+    .order_by(DELIVERIES.c.seq)
+)
+
 #: a replica tells the others which connections have new deliveries (PostgreSQL)
 _NOTIFY = text(f"SELECT pg_notify('{DELIVERIES_CHANNEL}', :payload)")
 
@@ -312,6 +336,10 @@ class Subscription:
         self.capacity = capacity
         self.items: deque[PendingDelivery] = deque()
         self.reread = True
+        #: deliveries other replicas stored for this connection (sequence numbers)
+        self.announced: set[int] = set()
+        #: notices may have been missed: read the store from the stream's start
+        self.reread_all = False
         self.event = asyncio.Event()
 
     def offer(self, item: PendingDelivery) -> None:
@@ -351,7 +379,13 @@ class HubService:
             engine=engine, keyring=signer.keyring, directory=directory, clock=clock
         )
         self.log.load()
-        self.writer = GroupCommitWriter(engine, hooks=self.log)
+        # On PostgreSQL (replicas may share it) the writer goes on from what the log read:
+        # entries another replica appends meanwhile are caught up on its first turn.
+        self.writer = GroupCommitWriter(
+            engine,
+            hooks=self.log,
+            next_log_index=self.log.size if engine.dialect.name == "postgresql" else None,
+        )
         self.verifier = Verifier(directory)
         self.writer.register("message", load_messages)
         self.writer.register("delivery", load_deliveries)
@@ -572,7 +606,8 @@ class HubService:
             )
             if self.listener is not None:
                 # the other replicas' streams for this connection read the store (on commit)
-                batch.execute(_NOTIFY, {"payload": f"{self.listener.replica} {connection}"})
+                payload = f"{self.listener.replica} {connection} {sequence}"
+                batch.execute(_NOTIFY, {"payload": payload})
         batch.after_commit.append(partial(self._publish, tuple(offers)))
 
     def _refuse(
@@ -931,19 +966,24 @@ class HubService:
             if not subscriptions:
                 del self._subscriptions[subscription.connection]
 
-    def _wake_from_thread(self, connections: frozenset[str] | None) -> None:
-        """From the listener: these connections' streams read the store (None: all)."""
+    def _wake_from_thread(self, announced: tuple[str, int] | None) -> None:
+        """From the listener: another replica stored a delivery (None: notices were missed)."""
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed
-                loop.call_soon_threadsafe(self._reread, connections)
+                loop.call_soon_threadsafe(self._announce, announced)
 
-    def _reread(self, connections: frozenset[str] | None) -> None:
-        chosen = self._subscriptions if connections is None else connections
-        for connection in chosen:
-            for subscription in self._subscriptions.get(connection, ()):
-                subscription.reread = True
-                subscription.event.set()
+    def _announce(self, announced: tuple[str, int] | None) -> None:
+        if announced is None:
+            for subscriptions in self._subscriptions.values():
+                for subscription in subscriptions:
+                    subscription.reread_all = True
+                    subscription.event.set()
+            return
+        connection, sequence = announced
+        for subscription in self._subscriptions.get(connection, ()):
+            subscription.announced.add(sequence)
+            subscription.event.set()
 
     def wake_subscribers(self) -> None:
         """Wake every stream (to notice that the hub is stopping)."""
@@ -975,6 +1015,20 @@ class HubService:
 
     def connected(self) -> int:
         return sum(len(s) for s in self._subscriptions.values())
+
+    async def pending_sequences(
+        self, connection: str, sequences: list[int]
+    ) -> list[PendingDelivery]:
+        """The deliveries with these sequence numbers still pending for ``connection``."""
+        return await asyncio.to_thread(self._pending_sequences, connection, sequences)
+
+    def _pending_sequences(self, connection: str, sequences: list[int]) -> list[PendingDelivery]:
+        with self.engine.connect() as db:
+            rows = db.execute(_PENDING_BY_SEQ, {"connection": connection, "seqs": sequences}).all()
+        return [
+            PendingDelivery(seq, message_id, addressee, envelope, pb.Evidence.FromString(evidence))
+            for seq, message_id, addressee, envelope, evidence in rows
+        ]
 
     async def pending(self, connection: str, after: int, limit: int = 256) -> list[PendingDelivery]:
         """Deliveries for ``connection`` not yet acknowledged, after sequence ``after``."""

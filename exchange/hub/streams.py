@@ -79,13 +79,16 @@ class RequestStreams:
             except asyncio.CancelledError:
                 pass  # the hub is stopping or the call ended: answer what is in flight
             finally:
+                # asyncio.wait, unlike gather, leaves the work alone if this is cancelled
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.gather(*in_flight, return_exceptions=True)
-                answers.put_nowait(None)
+                    if in_flight:
+                        await asyncio.wait(set(in_flight))
 
         if self._stopping:
             return
         reader = asyncio.create_task(read())
+        # the end of the answers, however the reader ends (even cancelled before it ran)
+        reader.add_done_callback(lambda _reader: answers.put_nowait(None))
         self._readers.add(reader)
         try:
             ended = False
@@ -93,14 +96,13 @@ class RequestStreams:
                 ready = [await answers.get()]
                 while not answers.empty():  # everything answered meanwhile goes together
                     ready.append(answers.get_nowait())
-                if ready[-1] is None:
-                    ended = True
-                    ready.pop()
                 done: list[Response] = []
                 for answer in ready:
+                    if answer is None:
+                        ended = True
+                        break
                     if isinstance(answer, BaseException):
                         raise answer
-                    assert answer is not None  # only the last is the end
                     done.append(answer)
                 if done:
                     yield pack(done)

@@ -241,7 +241,12 @@ class GroupCommitWriter:
     """The hub's single writer thread."""
 
     def __init__(
-        self, engine: Engine, *, max_batch: int = 512, hooks: CommitHooks | None = None
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 512,
+        hooks: CommitHooks | None = None,
+        next_log_index: int | None = None,
     ) -> None:
         self.engine = engine
         self.hooks = hooks
@@ -249,7 +254,11 @@ class GroupCommitWriter:
         self.loaders: dict[str, Loader] = {}
         self._queue: queue.Queue[Work[Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._next_log_index = self._load_next_log_index()
+        #: where the next entry goes; given by whoever read the log (the hub's Merkle log,
+        #: so that on a shared database the first turn catches up from what it read)
+        self._next_log_index = (
+            self._load_next_log_index() if next_log_index is None else next_log_index
+        )
         self._next_keys: dict[Table, int] = {}
         self._inserts: dict[tuple[Table, tuple[str, ...]], _RawInsert] = {}
         self._postgresql = engine.dialect.name == "postgresql"
@@ -377,7 +386,8 @@ class GroupCommitWriter:
                 "kept, try again"
             )
             for work in items:
-                if work.future.running():
+                # whether or not it began: the transaction may have failed before any did
+                if not work.future.done():
                     work.future.set_exception(unavailable)
             self._answer(items)
             return
