@@ -133,6 +133,15 @@ def run_hub(certs: Path, db_url: str, policies: Path = POLICIES) -> BackgroundHu
     return hub
 
 
+def run_hub_with_small_limit(dev_pki: Path, tmp_path: Path) -> tuple[BackgroundHub, str]:
+    """A hub on SQLite whose policy allows envelopes of 20 kB at most."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    (policies / "policy.yaml").write_text("limits:\n  max_envelope_bytes: 20000\n")
+    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    return run_hub(dev_pki, db_url, policies), db_url
+
+
 @pytest.fixture
 def hub(dev_pki: Path, db_url: str) -> Iterator[Hub]:
     running = run_hub(dev_pki, db_url)
@@ -314,11 +323,7 @@ def test_revoked_unit_gets_permission_denied(dev_pki: Path, tmp_path: Path) -> N
 
 
 def test_oversized_message_is_resource_exhausted(dev_pki: Path, tmp_path: Path) -> None:
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICIES, policies)
-    (policies / "policy.yaml").write_text("limits:\n  max_envelope_bytes: 20000\n")
-    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
-    running = run_hub(dev_pki, db_url, policies)
+    running, db_url = run_hub_with_small_limit(dev_pki, tmp_path)
     try:
         hub = Hub(dev_pki, running.port, db_url)
         big = hub.seal("AL.CTD", header_json(), text="x" * 50_000)
@@ -580,11 +585,7 @@ def test_oversized_message_from_a_streaming_node_fails_alone(dev_pki: Path, tmp_
 
     from nodes.client import HubCallFailed, HubClient
 
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICIES, policies)
-    (policies / "policy.yaml").write_text("limits:\n  max_envelope_bytes: 20000\n")
-    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
-    running = run_hub(dev_pki, db_url, policies)
+    running, db_url = run_hub_with_small_limit(dev_pki, tmp_path)
     try:
         hub = Hub(dev_pki, running.port, db_url)
         big = hub.seal("AL.CTD", header_json(), text="x" * 1_500_000)  # over 20 kB + 1 MB
@@ -669,11 +670,7 @@ def test_store_outage_answers_unavailable_and_the_hub_keeps_serving(
 def test_many_pending_deliveries_fit_the_hubs_message_limit(dev_pki: Path, tmp_path: Path) -> None:
     """A small envelope limit makes the hub's messages small too: a full batch of
     deliveries (envelopes, evidences, framing) must still fit in one."""
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICIES, policies)
-    (policies / "policy.yaml").write_text("limits:\n  max_envelope_bytes: 20000\n")
-    db_url = f"sqlite:///{tmp_path / 'hub.db'}"
-    running = run_hub(dev_pki, db_url, policies)
+    running, db_url = run_hub_with_small_limit(dev_pki, tmp_path)
     try:
         hub = Hub(dev_pki, running.port, db_url)
         stub = hub.stub("AL.CTD")

@@ -173,54 +173,39 @@ _MARK_READ = (
     .where(DELIVERIES.c.seq == bindparam("b_seq"))
     .values(state=bindparam("b_state"), read_at_us=bindparam("b_at"))
 )
-_PENDING = (
-    select(
-        DELIVERIES.c.seq,
-        DELIVERIES.c.message_id,
-        DELIVERIES.c.addressee,
-        MESSAGES.c.envelope,
-        EVIDENCES.c.evidence,
-    )
-    .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
-    .join(
-        EVIDENCES,
-        and_(EVIDENCES.c.message_id == DELIVERIES.c.message_id, EVIDENCES.c.kind == _ACCEPTED),
-    )
-    .where(
-        and_(
-            DELIVERIES.c.connection == bindparam("connection"),
-            DELIVERIES.c.state == "pending",
-            DELIVERIES.c.seq > bindparam("after"),
-            MESSAGES.c.envelope.is_not(None),
-        )
-    )
-    .order_by(DELIVERIES.c.seq)
-    .limit(bindparam("limit"))
-)
 
-_PENDING_BY_SEQ = (
-    select(
-        DELIVERIES.c.seq,
-        DELIVERIES.c.message_id,
-        DELIVERIES.c.addressee,
-        MESSAGES.c.envelope,
-        EVIDENCES.c.evidence,
-    )
-    .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
-    .join(
-        EVIDENCES,
-        and_(EVIDENCES.c.message_id == DELIVERIES.c.message_id, EVIDENCES.c.kind == _ACCEPTED),
-    )
-    .where(
-        and_(
-            DELIVERIES.c.connection == bindparam("connection"),
-            DELIVERIES.c.state == "pending",
-            DELIVERIES.c.seq.in_(bindparam("seqs", expanding=True)),
-            MESSAGES.c.envelope.is_not(None),
+
+def _pending_deliveries(*which: Any) -> Any:
+    """Deliveries still pending for a connection (its envelope, the acceptance evidence)."""
+    return (
+        select(
+            DELIVERIES.c.seq,
+            DELIVERIES.c.message_id,
+            DELIVERIES.c.addressee,
+            MESSAGES.c.envelope,
+            EVIDENCES.c.evidence,
         )
+        .join(MESSAGES, MESSAGES.c.id == DELIVERIES.c.message_id)
+        .join(
+            EVIDENCES,
+            and_(EVIDENCES.c.message_id == DELIVERIES.c.message_id, EVIDENCES.c.kind == _ACCEPTED),
+        )
+        .where(
+            and_(
+                DELIVERIES.c.connection == bindparam("connection"),
+                DELIVERIES.c.state == "pending",
+                MESSAGES.c.envelope.is_not(None),
+                *which,
+            )
+        )
+        .order_by(DELIVERIES.c.seq)
     )
-    .order_by(DELIVERIES.c.seq)
-)
+
+
+#: after a cursor, a page at a time
+_PENDING = _pending_deliveries(DELIVERIES.c.seq > bindparam("after")).limit(bindparam("limit"))
+#: by sequence number (what another replica announced)
+_PENDING_BY_SEQ = _pending_deliveries(DELIVERIES.c.seq.in_(bindparam("seqs", expanding=True)))
 
 #: a replica tells the others which connections have new deliveries (PostgreSQL)
 _NOTIFY = text(f"SELECT pg_notify('{DELIVERIES_CHANNEL}', :payload)")
@@ -1023,8 +1008,11 @@ class HubService:
         return await asyncio.to_thread(self._pending_sequences, connection, sequences)
 
     def _pending_sequences(self, connection: str, sequences: list[int]) -> list[PendingDelivery]:
+        return self._read_pending(_PENDING_BY_SEQ, {"connection": connection, "seqs": sequences})
+
+    def _read_pending(self, statement: Any, parameters: dict[str, Any]) -> list[PendingDelivery]:
         with self.engine.connect() as db:
-            rows = db.execute(_PENDING_BY_SEQ, {"connection": connection, "seqs": sequences}).all()
+            rows = db.execute(statement, parameters).all()
         return [
             PendingDelivery(seq, message_id, addressee, envelope, pb.Evidence.FromString(evidence))
             for seq, message_id, addressee, envelope, evidence in rows
@@ -1035,14 +1023,9 @@ class HubService:
         return await asyncio.to_thread(self._pending, connection, after, limit)
 
     def _pending(self, connection: str, after: int, limit: int) -> list[PendingDelivery]:
-        with self.engine.connect() as db:
-            rows = db.execute(
-                _PENDING, {"connection": connection, "after": after, "limit": limit}
-            ).all()
-        return [
-            PendingDelivery(seq, message_id, addressee, envelope, pb.Evidence.FromString(evidence))
-            for seq, message_id, addressee, envelope, evidence in rows
-        ]
+        return self._read_pending(
+            _PENDING, {"connection": connection, "after": after, "limit": limit}
+        )
 
     # ---------------------------------------------------------------- acknowledge
 
