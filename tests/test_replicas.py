@@ -7,11 +7,14 @@ appends, and the same message sent to both is accepted once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -280,3 +283,132 @@ def test_replica_started_while_another_appends_signs_the_same_tree(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def _collect(stream: Any, wanted: set[str], seconds: float) -> set[str]:
+    """Message ids the stream delivers until all ``wanted`` came or ``seconds`` passed."""
+    got: set[str] = set()
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for message in stream:
+                got.update(d.message_id for d in message.deliveries)
+                if wanted <= got:
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    stream.cancel()
+    return got
+
+
+def test_announced_delivery_does_not_skip_the_rest_of_a_backlog(
+    dev_pki: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's stream pages through a backlog (2 per page here) when A accepts one more for
+    the same node: the announced one must not move the stream past the unread pages."""
+    from exchange.hub import server as hub_server
+
+    init = hub_server.HubServicer.__init__
+
+    def small_pages(servicer: Any, *args: Any, **kwargs: Any) -> None:
+        init(servicer, *args, **kwargs)
+        servicer.page = 2
+
+    monkeypatch.setattr(hub_server.HubServicer, "__init__", small_pages)
+    first, second = run_hub(dev_pki, pg_url), run_hub(dev_pki, pg_url)
+    try:
+        _wait_listening(first, second)
+        a, b = Hub(dev_pki, first.port, pg_url), Hub(dev_pki, second.port, pg_url)
+        backlog = [b.seal("RS.CTU", header_json(sender="RS.CTU")) for _ in range(6)]
+        for envelope in backlog:
+            b.stub("RS.CTU").Submit(pb.SubmitRequest(envelope=envelope.raw), timeout=TIMEOUT)
+        late = a.seal("AL.CTD", header_json())
+        service = second.hub.service
+        pending = service.pending
+        pages = 0
+
+        async def first_page_then_a_accepts(connection: str, after: int, limit: int = 256) -> Any:
+            nonlocal pages
+            pages += 1
+            page = await pending(connection, after, limit)
+            if pages == 1:
+                submit = a.stub("AL.CTD").Submit
+                await asyncio.to_thread(
+                    submit, pb.SubmitRequest(envelope=late.raw), timeout=TIMEOUT
+                )
+                for _ in range(100):  # until B has heard of it
+                    if any(s.announced for s in service._subscriptions.get("EU.EUROPOL", ())):
+                        break
+                    await asyncio.sleep(0.05)
+            return page
+
+        service.pending = first_page_then_a_accepts  # type: ignore[method-assign]
+        stream = b.stub("EU.EUROPOL").Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
+        wanted = {e.message_id for e in backlog} | {late.message_id}
+        assert wanted <= _collect(stream, wanted, 8)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_own_delivery_woken_late_is_not_dropped_behind_an_announced_one(
+    dev_pki: Path, pg_url: str
+) -> None:
+    """B commits L, A then commits R; B's own wake-up for L comes after A's notice:
+    L must still be sent."""
+    first, second = run_hub(dev_pki, pg_url), run_hub(dev_pki, pg_url)
+    try:
+        _wait_listening(first, second)
+        a, b = Hub(dev_pki, first.port, pg_url), Hub(dev_pki, second.port, pg_url)
+        service = second.hub.service
+        publish = service._publish
+
+        def late_publish(offers: Any) -> None:  # B's writer thread is late (a busy hub)
+            time.sleep(1.5)
+            publish(offers)
+
+        service._publish = late_publish  # type: ignore[method-assign]
+        stream = b.stub("EU.EUROPOL").Subscribe(pb.SubscribeRequest(), timeout=TIMEOUT)
+        assert stream.initial_metadata() is not None
+        mine = b.seal("RS.CTU", header_json(sender="RS.CTU"))
+        theirs = a.seal("AL.CTD", header_json())
+        sending = threading.Thread(
+            target=b.stub("RS.CTU").Submit,
+            args=(pb.SubmitRequest(envelope=mine.raw),),
+            kwargs={"timeout": TIMEOUT},
+        )
+        sending.start()
+        time.sleep(0.5)  # B committed; its wake-up is still to come
+        a.stub("AL.CTD").Submit(pb.SubmitRequest(envelope=theirs.raw), timeout=TIMEOUT)
+        sending.join()
+        wanted = {mine.message_id, theirs.message_id}
+        assert wanted <= _collect(stream, wanted, 6)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_flood_of_notices_for_a_slow_stream_falls_back_to_reading_the_store(
+    dev_pki: Path, pg_url: str
+) -> None:
+    """Announced numbers are kept up to the mailbox's capacity, then forgotten for a
+    read of the store from the start (bounded memory, nothing lost)."""
+    running = run_hub(dev_pki, pg_url)
+    try:
+        service = running.hub.service
+
+        async def flood() -> tuple[set[int], bool]:
+            subscription = service.subscribe("EU.EUROPOL")
+            subscription.capacity = 3
+            for sequence in range(1, 6):
+                service._announce(("EU.EUROPOL", sequence))
+            service.unsubscribe(subscription)
+            return subscription.announced, subscription.reread_all
+
+        announced, reread_all = asyncio.run_coroutine_threadsafe(flood(), running.loop).result(10)
+    finally:
+        running.stop()
+    assert reread_all
+    assert len(announced) <= 3

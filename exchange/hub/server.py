@@ -373,24 +373,30 @@ class HubServicer(pb_grpc.HubServicer):
                     # notices from other replicas may have been missed: from the start
                     subscription.reread_all, subscription.reread = False, True
                     cursor = request.cursor
-                # what other replicas stored: by number (it may lie below the cursor)
-                items = await self._announced(caller, subscription)
+                # What other replicas stored, by number: it may lie below the cursor, and
+                # it does not move the cursor (what this replica committed before it may
+                # still be on its way here, or on the next page of the store).
+                announced = await self._announced(caller, subscription)
                 if subscription.reread:
                     # the store: at first, after falling behind, and now and then
                     subscription.reread = False
-                    page = await self.service.pending(caller, cursor, self.page)
-                    if len(page) == self.page:
+                    ordered = await self.service.pending(caller, cursor, self.page)
+                    if len(ordered) == self.page:
                         subscription.reread = True  # more after this page
-                    items += [item for item in page if item.sequence > cursor]
                 else:
-                    items += [item for item in subscription.take() if item.sequence > cursor]
-                items = list({item.sequence: item for item in items}.values())  # once each
+                    ordered = subscription.take()
+                ordered = [item for item in ordered if item.sequence > cursor]
+                if ordered:
+                    cursor = ordered[-1].sequence  # the store and the mailbox come in order
+                # once each, in sequence order
+                items = sorted(
+                    {item.sequence: item for item in (*announced, *ordered)}.values(),
+                    key=lambda item: item.sequence,
+                )
                 sent = False
                 for deliveries in self._messages(items, caller):
                     yield deliveries
                     sent = True
-                if items:
-                    cursor = max(cursor, *(item.sequence for item in items))
                 if sent or subscription.reread or subscription.items or subscription.announced:
                     continue
                 try:
@@ -404,8 +410,8 @@ class HubServicer(pb_grpc.HubServicer):
     async def _announced(self, caller: str, subscription: Subscription) -> list[PendingDelivery]:
         if not subscription.announced:
             return []
-        sequences = sorted(subscription.announced)
-        subscription.announced.clear()
+        sequences = sorted(subscription.announced)[: self.page]  # a page at a time
+        subscription.announced.difference_update(sequences)
         return await self.service.pending_sequences(caller, sequences)
 
     def _messages(self, items: list[PendingDelivery], caller: str) -> Iterator[pb.Deliveries]:

@@ -967,7 +967,11 @@ class HubService:
             return
         connection, sequence = announced
         for subscription in self._subscriptions.get(connection, ()):
-            subscription.announced.add(sequence)
+            if len(subscription.announced) < subscription.capacity:
+                subscription.announced.add(sequence)
+            else:  # a slow reader: forget the numbers, read the store from the start
+                subscription.announced.clear()
+                subscription.reread_all = True
             subscription.event.set()
 
     def wake_subscribers(self) -> None:
