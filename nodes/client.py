@@ -109,7 +109,7 @@ class StreamedCalls(Generic[Request, Answer]):
         size: Callable[[Request], int] = lambda _request: 64,
         timeout: float,
         max_items: int = 256,
-        max_bytes: int = 1024 * 1024,
+        max_bytes: int = 960 * 1024,
     ) -> None:
         self._open_stream = open_stream
         self._pack = pack
@@ -218,7 +218,7 @@ def submit_stream(
         stub.SubmitStream,
         pack=lambda requests: pb.SubmitRequests(requests=requests),
         unpack=lambda answers: answers.responses,
-        size=lambda request: len(request.envelope),
+        size=lambda request: request.ByteSize() + 8,  # with its tag and length in the list
         timeout=timeout,
     )
 

@@ -265,7 +265,6 @@ class GroupCommitWriter:
         #: replicas may share the database: take turns, and catch up with the others
         self.shared = self._postgresql
         self._lock_key = self._advisory_key() if self.shared else 0
-        self.caught_up = 0
         self._multirow = engine.dialect.name == "sqlite"
         self._multirow_sql: dict[tuple[str, int], str] = {}
         self.batches = 0
@@ -285,7 +284,6 @@ class GroupCommitWriter:
         if following != self._next_log_index:
             if self.hooks is not None:
                 self.hooks.catch_up(connection, self._next_log_index, following)
-            self.caught_up += following - self._next_log_index
             self._next_log_index = following
             self._next_keys = {}  # read again from the database by Batch.next_key
 
