@@ -213,26 +213,7 @@ def prepare(workdir: Path, nodes: int, messages: int, size: int, suite_id: str) 
     write_registry(policies, units)
     certs = workdir / "certs"
     init_pki(certs, units, suites=(suite_id,), validity=Validity.of(None))
-    directory = load_directory(certs)
-    keyrings = {u: load_keyring(certs, u) for u in units}
-    header, body = sample_message(size, 1)
-    suite = suite_by_id(suite_id)
-    now = datetime.now(UTC)
-    envelopes = []
-    for i in range(messages):
-        sender, recipient = units[i % nodes], units[(i + 1) % nodes]
-        message_id = f"bench-{i:07d}"
-        envelope = seal(
-            dataclasses.replace(
-                header, id=message_id, sender=sender, to=(recipient,), channel=Channel.SIENA
-            ),
-            body,
-            keyring=keyrings[sender],
-            directory=directory,
-            now=now,
-            suite=suite,
-        )
-        envelopes.append((sender, message_id, envelope.raw))
+    envelopes = seal_envelopes(certs, units, messages, size, suite_id, prefix="bench")
     return Prepared(workdir, certs, policies, units, envelopes)
 
 
@@ -523,8 +504,13 @@ def run(
             half_rate = max(1.0, loaded["accepted_per_s"] / 2)
             half = dataclasses.replace(
                 prepared,
-                envelopes=more_envelopes(
-                    prepared, max(1, int(half_rate * half_rate_seconds)), size
+                envelopes=seal_envelopes(
+                    prepared.certs,
+                    prepared.units,
+                    max(1, int(half_rate * half_rate_seconds)),
+                    size,
+                    suite,
+                    prefix="half",
                 ),
             )
             at_half = asyncio.run(
@@ -563,17 +549,23 @@ def run(
             stack.close()
 
 
-def more_envelopes(prepared: Prepared, count: int, size: int) -> list[tuple[str, str, bytes]]:
-    """Fresh envelopes for the half-rate phase (their ids are new, or they would dedupe)."""
-    directory = load_directory(prepared.certs)
-    keyrings = {u: load_keyring(prepared.certs, u) for u in prepared.units}
+def seal_envelopes(
+    certs: Path, units: list[str], count: int, size: int, suite_id: str, *, prefix: str
+) -> list[tuple[str, str, bytes]]:
+    """``count`` envelopes, each unit sending to the next in turn: (sender, id, envelope).
+
+    Ids are ``<prefix>-<n>``: a phase of its own needs a prefix of its own, or the hub
+    would dedupe its messages against an earlier phase's.
+    """
+    directory = load_directory(certs)
+    keyrings = {u: load_keyring(certs, u) for u in units}
     header, body = sample_message(size, 1)
+    suite = suite_by_id(suite_id)
     now = datetime.now(UTC)
-    out = []
-    n = len(prepared.units)
+    envelopes = []
     for i in range(count):
-        sender, recipient = prepared.units[i % n], prepared.units[(i + 1) % n]
-        message_id = f"half-{i:07d}"
+        sender, recipient = units[i % len(units)], units[(i + 1) % len(units)]
+        message_id = f"{prefix}-{i:07d}"
         envelope = seal(
             dataclasses.replace(
                 header, id=message_id, sender=sender, to=(recipient,), channel=Channel.SIENA
@@ -582,6 +574,7 @@ def more_envelopes(prepared: Prepared, count: int, size: int) -> list[tuple[str,
             keyring=keyrings[sender],
             directory=directory,
             now=now,
+            suite=suite,
         )
-        out.append((sender, message_id, envelope.raw))
-    return out
+        envelopes.append((sender, message_id, envelope.raw))
+    return envelopes

@@ -223,8 +223,16 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+        # Server streams (Subscribe) and request streams (SubmitStream, AcknowledgeStream)
+        # alike: authenticated once, when the stream opens; a request stream answers each
+        # request's failure on the stream itself (see exchange.hub.streams).
+        inner_stream = handler.unary_stream or handler.stream_stream
+        if inner_stream is not None:
+            make_handler = (
+                grpc.unary_stream_rpc_method_handler
+                if handler.unary_stream is not None
+                else grpc.stream_stream_rpc_method_handler
+            )
 
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -238,30 +246,8 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     structlog.contextvars.clear_contextvars()
 
-            return grpc.unary_stream_rpc_method_handler(
+            return make_handler(
                 stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            inner_bidi = handler.stream_stream
-
-            async def bidi(
-                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                # authenticated once, when the stream opens; each request's failure is
-                # answered on the stream (see exchange.hub.streams)
-                await self._enter(name, context)
-                try:
-                    async for item in inner_bidi(requests, context):
-                        yield item
-                except ExchangeError as error:
-                    await self._abort(context, error)
-                finally:
-                    structlog.contextvars.clear_contextvars()
-
-            return grpc.stream_stream_rpc_method_handler(
-                bidi,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
